@@ -124,19 +124,13 @@ def symmetric_gd(problem: SensingProblem, alphas, k: int, eta: float, steps: int
     """
     alphas, k, eta, steps, log_every = _check_run(alphas, k, eta, steps, log_every)
     U = _initial_factor(problem, alphas, k, generator)
-    logged, errors, eigs = [], [], []
-    with single_threaded(problem.A.device):
-        for t in progress(range(steps + 1), desc="symmetric GD"):
-            X = U @ U.transpose(1, 2)
-            if t % log_every == 0 or t == steps:
-                logged.append(t)
-                errors.append(torch.linalg.matrix_norm(X - problem.X_star))
-                eigs.append(torch.linalg.eigvalsh(X).flip(-1))
-            if t == steps:
-                break
-            S = adjoint(problem.A, measure(problem.A, X) - problem.y) / problem.m
-            U = U - eta * (S + S.transpose(1, 2)) / 2 @ U
-    return SensingRun(alphas, torch.tensor(logged), torch.stack(errors, 1), torch.stack(eigs, 1), (U,))
+
+    def step(factors, S):
+        (U,) = factors
+        return (U - eta * (S + S.transpose(1, 2)) / 2 @ U,)
+
+    return _run_gd(problem, alphas, (U,), lambda U: U @ U.transpose(1, 2), step,
+                   lambda X: torch.linalg.eigvalsh(X).flip(-1), steps, log_every, "symmetric GD")
 
 
 def asymmetric_gd(problem: SensingProblem, alphas, k: int, eta: float, steps: int, generator: torch.Generator,
@@ -152,19 +146,32 @@ def asymmetric_gd(problem: SensingProblem, alphas, k: int, eta: float, steps: in
     g_scale = check_float("g_scale", g_scale, min=0.0, open_min=True)
     F = _initial_factor(problem, alphas, k, generator)
     G = _initial_factor(problem, alphas, k, generator) * g_scale
+
+    def step(factors, S):
+        F, G = factors
+        return F - eta * S @ G, G - eta * S.transpose(1, 2) @ F
+
+    return _run_gd(problem, alphas, (F, G), lambda F, G: F @ G.transpose(1, 2), step,
+                   torch.linalg.svdvals, steps, log_every, "asymmetric GD")
+
+
+def _run_gd(problem, alphas, factors, product, step, spectrum, steps, log_every, desc) -> SensingRun:
+    """The GD loop shared by both parametrizations: ``X = product(*factors)``, the sensing
+    gradient ``S = A^*(A(X) - y) / m``, then ``factors = step(factors, S)``; logs ``||X - X*||_F``
+    and ``spectrum(X)`` every ``log_every`` steps and at the end."""
     logged, errors, eigs = [], [], []
     with single_threaded(problem.A.device):
-        for t in progress(range(steps + 1), desc="asymmetric GD"):
-            X = F @ G.transpose(1, 2)
+        for t in progress(range(steps + 1), desc=desc):
+            X = product(*factors)
             if t % log_every == 0 or t == steps:
                 logged.append(t)
                 errors.append(torch.linalg.matrix_norm(X - problem.X_star))
-                eigs.append(torch.linalg.svdvals(X))
+                eigs.append(spectrum(X))
             if t == steps:
                 break
             S = adjoint(problem.A, measure(problem.A, X) - problem.y) / problem.m
-            F, G = F - eta * S @ G, G - eta * S.transpose(1, 2) @ F
-    return SensingRun(alphas, torch.tensor(logged), torch.stack(errors, 1), torch.stack(eigs, 1), (F, G))
+            factors = step(factors, S)
+    return SensingRun(alphas, torch.tensor(logged), torch.stack(errors, 1), torch.stack(eigs, 1), tuple(factors))
 
 
 def stage_time_formula(alpha: float, sigma: float, eta: float) -> float:
