@@ -46,3 +46,22 @@ def test_summary():
     t = eos.Trajectory(eta=1.0, sharpness_steps=[0, 1, 2, 3], sharpness=[1.0, 1.5, 2.0, 1.9])
     s = eos.edge_of_stability_summary(t)
     assert s["reached_step"] == 2 and s["after_min"] == pytest.approx(0.95) and s["sharpening"] == pytest.approx(2.0)
+
+
+def test_gd_logs_sharpness_times():
+    model, x, y = small()
+    traj = eos.train_gd(model, x, y, eta=0.25, steps=4, sharpness_every=2)
+    assert traj.sharpness_times == [0.0, 0.5, 1.0]
+
+
+def test_gradient_flow_step_shrinks_with_sharpness():
+    """Cohen et al.'s rule: RK4 step = min(dt, alpha / sharpness); the flow ends exactly at `time`."""
+    model, x, y = small()
+    flow = eos.gradient_flow(model, x, y, time=0.5, dt=10.0, alpha=1.0, sharpness_every=1)
+    t = torch.tensor(flow.sharpness_times, dtype=torch.float64)
+    s = torch.tensor(flow.sharpness, dtype=torch.float64)
+    assert float(t[-1]) == pytest.approx(0.5) and bool((t[1:] > t[:-1]).all())
+    assert bool(((t[1:] - t[:-1]) <= 1.0 / s[:-1] + 1e-9).all())
+    assert flow.loss[-1] < flow.loss[0]
+    with pytest.raises(ValueError, match="'alpha'"):
+        eos.gradient_flow(model, x, y, time=0.5, dt=0.1, alpha=3.0)

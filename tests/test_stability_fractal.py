@@ -31,6 +31,13 @@ def test_grid_pixels_are_independent_runs():
     assert together[0] < 1 and not together[2] < 1       # tiny steps converge, huge ones diverge
 
 
+def test_grid_is_independent_of_chunking():
+    p = fractal.make_problem(torch.Generator().manual_seed(3), width=4, input_dim=2)
+    a = fractal.train_grid(p, (1e-1, 1e4), (1e0, 1e4), resolution=9, steps=25)
+    b = fractal.train_grid(p, (1e-1, 1e4), (1e0, 1e4), resolution=9, steps=25, chunk=7)
+    assert torch.equal(a, b) and 0 < int(a.sum()) < 81
+
+
 def test_box_counting_dimension_of_simple_sets():
     res = 256
     yy, xx = np.mgrid[:res, :res]

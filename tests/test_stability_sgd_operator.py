@@ -89,3 +89,24 @@ def test_simulate_sgd_burn_in_full_batch_threshold():
     assert growth[0] < 0 < growth[1]
     with pytest.raises(ValueError, match="burn_in"):
         so.simulate_sgd(H, 8, [0.1], steps=10, runs=2, generator=torch.Generator(), burn_in=10)
+
+
+@pytest.mark.parametrize("B", [1, 2, 3, 6])
+def test_simulate_sgd_matches_direct_batch_hessians(B):
+    """Both code paths (gathered H_i for small B, gathered H_i delta for large B) are the map
+    delta <- (I - eta H_S) delta with H_S the mean of the drawn batch's Hessians."""
+    H = hessians(4, n=6, d=3)
+    etas = torch.tensor([0.05, 0.2], dtype=torch.float64)
+    got = so.simulate_sgd(H, B, etas, steps=7, runs=3, generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    delta = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    delta = delta / delta.norm(dim=1, keepdim=True)
+    eta = etas.repeat_interleave(3)[:, None]
+    log_sq = torch.zeros(6, dtype=torch.float64)
+    for _ in range(7):
+        idx = torch.rand(6, 6, generator=g).argsort(dim=1)[:, :B]
+        delta = delta - eta * torch.stack([H[i].mean(0) @ dv for i, dv in zip(idx, delta)])
+        log_sq += 2 * delta.norm(dim=1).log()
+        delta = delta / delta.norm(dim=1, keepdim=True)
+    expected = torch.logsumexp(log_sq.view(2, 3), dim=1) - math.log(3)
+    torch.testing.assert_close(got, expected / 7, rtol=1e-10, atol=1e-12)

@@ -44,13 +44,15 @@ def tanh_mlp(widths, generator: torch.Generator, *, dtype=torch.float32, device=
 
 @dataclass
 class Trajectory:
-    """Logged training: ``loss`` at every step; ``sharpness`` at ``sharpness_steps``
-    (for gradient flow, ``time`` is ``step * dt``)."""
+    """Logged training: ``loss`` at every step; ``sharpness`` at ``sharpness_steps``, which are
+    at times ``sharpness_times`` (GD: ``step * eta``; gradient flow: the ODE time). For gradient
+    flow ``eta`` holds the largest RK4 step."""
 
     eta: float
     loss: list[float] = field(default_factory=list)
     sharpness_steps: list[int] = field(default_factory=list)
     sharpness: list[float] = field(default_factory=list)
+    sharpness_times: list[float] = field(default_factory=list)
 
 
 def _sharpness(model, x, y, generator):
@@ -71,6 +73,7 @@ def train_gd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eta: f
     for step in progress(range(steps + 1), desc=desc):
         if step % sharpness_every == 0 or step == steps:
             traj.sharpness_steps.append(step)
+            traj.sharpness_times.append(step * eta)
             traj.sharpness.append(_sharpness(model, x, y, generator))
         loss = cohen_mse(model(x), y)
         traj.loss.append(float(loss.detach()))
@@ -84,15 +87,19 @@ def train_gd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eta: f
 
 
 def gradient_flow(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, time: float, dt: float,
-                  sharpness_every: int = 20, generator: torch.Generator | None = None,
+                  alpha: float = 1.0, sharpness_every: int = 20, generator: torch.Generator | None = None,
                   desc: str | None = None) -> Trajectory:
-    """Gradient flow ``dtheta/dt = -grad L`` by classical RK4 with step ``dt``, in place.
+    """Gradient flow ``dtheta/dt = -grad L`` by classical RK4 up to ``time``, in place.
 
-    ``Trajectory.eta`` holds ``dt``; step ``k`` is time ``k * dt``. Cohen et al. 2021, App. (they
-    use RK4 to compare GD with the flow)."""
+    The RK4 step is ``min(dt, alpha / S)`` with ``S`` the latest measured sharpness, the rule of
+    Cohen et al. 2021 (App. on gradient flow; their ``flow.py``): RK4 is stable for
+    ``step * S`` below about 2.8, so the step shrinks as the flow sharpens and the solver
+    never has an edge of stability of its own. The sharpness is measured every
+    ``sharpness_every`` RK4 steps; ``Trajectory.sharpness_times`` holds the ODE times."""
     time = check_float("time", time, min=0.0, open_min=True)
     dt = check_float("dt", dt, min=0.0, open_min=True)
-    steps = max(1, int(round(time / dt)))
+    alpha = check_float("alpha", alpha, min=0.0, max=2.5, open_min=True)
+    sharpness_every = check_int("sharpness_every", sharpness_every, min=1)
     params = [p for p in model.parameters() if p.requires_grad]
     theta = torch.nn.utils.parameters_to_vector(params).detach()
 
@@ -101,20 +108,30 @@ def gradient_flow(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, t
         return hessian.flat_grad(model, cohen_mse, (x, y)).detach()
 
     traj = Trajectory(dt)
-    for step in progress(range(steps + 1), desc=desc):
+    t, step, h = 0.0, 0, dt
+    bar = progress(total=None, desc=desc)
+    while True:
         torch.nn.utils.vector_to_parameters(theta, params)
-        if step % sharpness_every == 0 or step == steps:
+        done = t >= time * (1 - 1e-12)
+        if step % sharpness_every == 0 or done:
             traj.sharpness_steps.append(step)
+            traj.sharpness_times.append(t)
             traj.sharpness.append(_sharpness(model, x, y, generator))
+            h = min(dt, alpha / max(traj.sharpness[-1], 1e-12))
         with torch.no_grad():
             traj.loss.append(float(cohen_mse(model(x), y)))
-        if step == steps:
+        if done:
             break
+        h_step = min(h, time - t)
         k1 = grad_at(theta)
-        k2 = grad_at(theta - 0.5 * dt * k1)
-        k3 = grad_at(theta - 0.5 * dt * k2)
-        k4 = grad_at(theta - dt * k3)
-        theta = theta - dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        k2 = grad_at(theta - 0.5 * h_step * k1)
+        k3 = grad_at(theta - 0.5 * h_step * k2)
+        k4 = grad_at(theta - h_step * k3)
+        theta = theta - h_step / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        t += h_step
+        step += 1
+        bar.update(1)
+    bar.close()
     torch.nn.utils.vector_to_parameters(theta, params)
     return traj
 

@@ -163,8 +163,12 @@ def simulate_sgd(per_sample_hessians, B: int, etas, *, steps: int, runs: int,
         if t == burn_in:
             log_scale.zero_()
         idx = torch.rand(E * runs, n, generator=generator, device=gdev).argsort(dim=1)[:, :B].to(H.device)
-        HS = H[idx].mean(dim=1)                                     # (E*runs, d, d)
-        delta = delta - eta * torch.einsum("rab,rb->ra", HS, delta)
+        if B * d <= 2 * n:  # few samples: gather their Hessians, (E*runs, B, d, d)
+            step = torch.einsum("rkab,rb->ra", H[idx], delta) / B
+        else:               # many: every H_i delta once, (E*runs, n, d), then gather the batch's rows
+            Hd = torch.einsum("nab,rb->rna", H, delta)
+            step = Hd.gather(1, idx[:, :, None].expand(-1, -1, d)).mean(dim=1)
+        delta = delta - eta * step
         norm = delta.norm(dim=1).clamp_min(1e-300)                  # renormalize to avoid overflow
         log_scale += 2 * norm.log()
         delta = delta / norm[:, None]
