@@ -8,8 +8,8 @@ two give the same losses and errors within floating-point tolerance.
 
     python benchmarks/bench_sweep.py                    # CPU
     python benchmarks/bench_sweep.py --device cuda      # GPU (target: >= 10x on an H100)
-    python benchmarks/bench_sweep.py --num-train 2000 --max-width 128 --num-widths 11 --seeds 3
-                                                        # the chapter's quick-profile sweep
+    python benchmarks/bench_sweep.py --widths 12,16,21,27,36,47,61,80,135 --seeds 3 --lr 0.02
+                                                        # the chapter's quick-profile widths
 """
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ def main(argv=None):
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--num-widths", type=int, default=12, help="widths = geomspace(2, max_width, num_widths)")
     ap.add_argument("--max-width", type=int, default=300)
+    ap.add_argument("--widths", default=None, help="comma-separated widths (overrides --num-widths/--max-width)")
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--seeds", type=int, default=2)
@@ -61,6 +62,8 @@ def main(argv=None):
     data = mnist1d()
     data.x, data.y = data.x[:args.num_train], data.y[:args.num_train]
     widths = sorted({int(round(w)) for w in np.geomspace(2, args.max_width, args.num_widths)})
+    if args.widths:
+        widths = sorted({int(w) for w in args.widths.split(",")})
     points = [MLPPoint(width=w, seed=s, epochs=args.epochs, label_noise=0.15, lr=args.lr, momentum=0.9,
                        batch_size=100, eval_every=args.epochs) for w in widths for s in range(args.seeds)]
     print(f"device {device} ({torch.get_num_threads()} CPU threads), {args.dtype}; {len(points)} models: widths {widths} "

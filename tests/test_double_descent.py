@@ -139,13 +139,27 @@ def test_advani_saxe_curves_shapes_and_validation():
 
 def test_model_wise_peak_on_a_synthetic_curve():
     widths = [2, 4, 8, 16, 32, 64]
-    train = [0.6, 0.4, 0.2, 0.01, 0.0, 0.0]
-    test = [0.60, 0.50, 0.52, 0.58, 0.53, 0.45]
+    train = [0.6, 0.4, 0.2, 0.10, 0.01, 0.0]
+    test = [0.60, 0.50, 0.52, 0.59, 0.58, 0.45]
     pk = dd.model_wise_peak(widths, train, test)
-    assert pk["interpolation_width"] == 16 and pk["peak_width"] == 16
-    assert pk["peak"] == 0.58 and pk["narrow_best"] == 0.50 and pk["widest"] == 0.45
-    assert pk["train_error_at_peak"] == 0.01
-    assert math.isnan(dd.model_wise_peak(widths, [0.5] * 6, test)["peak_minus_narrow"])
+    # h* comes from the train curve alone: the first width with train error <= 2%
+    assert pk["interpolation_width"] == 32 and pk["peak"] == 0.58 and pk["train_error_at_peak"] == 0.01
+    assert pk["narrow_best"] == 0.50 and pk["widest"] == 0.45  # narrow: below 32 / 1.5, i.e. 2, 4, 8, 16
+    assert pk["peak_minus_narrow"] == pytest.approx(0.08) and pk["peak_minus_widest"] == pytest.approx(0.13)
+    # the top of the second ascent (after the best narrow width, not the width-2 underfit) is reported apart
+    assert pk["highest_width"] == 16 and pk["highest"] == 0.59 and pk["train_error_at_highest"] == 0.10
+    never = dd.model_wise_peak(widths, [0.5] * 6, test)
+    assert never["interpolation_width"] is None and math.isnan(never["peak_minus_narrow"])
+    assert math.isnan(dd.model_wise_peak(widths, [0.0] * 6, test)["peak_minus_narrow"])  # no narrow width
+
+
+def test_model_wise_peak_validates_its_inputs():
+    with pytest.raises(ValueError, match="widths"):
+        dd.model_wise_peak([4, 2], [0.1, 0.0], [0.5, 0.4])
+    with pytest.raises(ValueError, match="shapes"):
+        dd.model_wise_peak([2, 4], [0.1], [0.5, 0.4])
+    with pytest.raises(ValueError, match="interpolated"):
+        dd.model_wise_peak([2, 4], [0.1, 0.0], [0.5, 0.4], interpolated=2.0)
 
 
 def test_epoch_wise_bump_finds_fall_rise_fall():

@@ -351,32 +351,42 @@ def width_curves(results, metric: str = "test_error") -> tuple[np.ndarray, np.nd
 
 
 def model_wise_peak(widths, train_error, test_error, interpolated: float = 0.02, near: float = 1.5) -> dict:
-    """Locate the deep-double-descent peak (Nakkiran et al. 2019, Sec. 5).
+    """The deep-double-descent peak at the interpolation threshold (Nakkiran et al. 2019, Sec. 5).
 
-    The interpolation width h* is the smallest width whose train error is <= ``interpolated``.
-    The peak is the largest test error among widths within a factor ``near`` of h*; it is compared
-    with the best test error of the narrower widths and with the widest model. ``peak_width`` is
-    where the test error is largest beyond the best narrow width (the top of the second ascent),
-    and ``train_error_at_peak`` its train error. Without an interpolating width, or without a
-    narrower one, the margins are NaN (a claim on them then fails instead of crashing)."""
-    widths, train_error, test_error = map(np.asarray, (widths, train_error, test_error))
+    The interpolation width h* is read off the *train* curve alone: the smallest width whose train
+    error is <= ``interpolated`` ("train error about 0"). The ``peak`` is the test error at h*; it
+    is compared with the best test error of the narrow widths (below h* / ``near``) and with the
+    widest model. For information, ``highest_width`` is where the test curve is largest beyond the
+    best narrow width (the top of the second ascent; over all widths if there is no narrow one),
+    ``highest`` that test error and ``train_error_at_highest`` its train error. Without an
+    interpolating width, or without a narrow one, the margins are NaN (a claim on them then fails
+    instead of crashing)."""
+    widths, train_error, test_error = (np.asarray(v, dtype=float) for v in (widths, train_error, test_error))
+    if not (widths.shape == train_error.shape == test_error.shape) or widths.ndim != 1 or len(widths) == 0:
+        raise ValueError(f"parameters 'widths', 'train_error', 'test_error': got shapes {widths.shape}, "
+                         f"{train_error.shape}, {test_error.shape}; expected three 1-D arrays of one length")
+    if np.any(np.diff(widths) <= 0):
+        raise ValueError(f"parameter 'widths': got {widths.tolist()}; expected strictly increasing widths")
+    interpolated = check_float("interpolated", interpolated, min=0.0, max=1.0)
+    near = check_float("near", near, min=1.0)
     fitted = np.nonzero(train_error <= interpolated)[0]
-    # no interpolating width (too little training) or none narrower than it: the margins are NaN
-    h_star = int(widths[fitted[0]]) if len(fitted) else int(widths[-1]) * 10**6
-    close = (widths >= h_star / near) & (widths <= h_star * near)
-    narrow = widths < h_star / near
-    if not len(fitted) or not narrow.any():
-        nan = float("nan")
-        return {"interpolation_width": h_star if len(fitted) else None, "peak": nan, "narrow_best": nan,
-                "widest": float(test_error[-1]), "peak_minus_narrow": nan, "peak_minus_widest": nan,
-                "peak_width": None, "train_error_at_peak": nan}
-    peak = float(test_error[close].max())
-    j_narrow = int(np.argmin(np.where(narrow, test_error, np.inf)))
-    j_peak = j_narrow + 1 + int(np.argmax(test_error[j_narrow + 1:]))
-    return {"interpolation_width": h_star, "peak": peak, "narrow_best": float(test_error[j_narrow]),
-            "widest": float(test_error[-1]), "peak_minus_narrow": peak - float(test_error[j_narrow]),
-            "peak_minus_widest": peak - float(test_error[-1]), "peak_width": int(widths[j_peak]),
-            "train_error_at_peak": float(train_error[j_peak])}
+    j_star = int(fitted[0]) if len(fitted) else None
+    narrow = widths < widths[j_star] / near if j_star is not None else np.zeros(len(widths), dtype=bool)
+    j_narrow = int(np.argmin(np.where(narrow, test_error, np.inf))) if narrow.any() else -1
+    j_top = j_narrow + 1 + int(np.argmax(test_error[j_narrow + 1:]))
+    out = {"interpolation_width": None, "peak": float("nan"), "narrow_best": float("nan"),
+           "widest": float(test_error[-1]), "peak_minus_narrow": float("nan"), "peak_minus_widest": float("nan"),
+           "train_error_at_peak": float("nan"), "highest_width": int(widths[j_top]),
+           "highest": float(test_error[j_top]), "train_error_at_highest": float(train_error[j_top])}
+    if j_star is None:
+        return out
+    peak = float(test_error[j_star])
+    out.update(interpolation_width=int(widths[j_star]), peak=peak, train_error_at_peak=float(train_error[j_star]),
+               peak_minus_widest=peak - float(test_error[-1]))
+    if narrow.any():
+        best = float(test_error[j_narrow])
+        out.update(narrow_best=best, peak_minus_narrow=peak - best)
+    return out
 
 
 def epoch_wise_bump(test_error, smooth: int = 5) -> dict:

@@ -241,7 +241,6 @@ def train_group(points: Sequence[MLPPoint], data: Split, device: torch.device, d
     y_test = data.y_test.to(device)
     padded = [in_dim] + [H] * p0.depth + [num_classes]
     params = [(torch.zeros(M, a, b, dtype=dtype), torch.zeros(M, b, dtype=dtype)) for a, b in zip(padded[:-1], padded[1:])]
-    masks = [(torch.zeros(M, a, b, dtype=dtype), torch.zeros(M, b, dtype=dtype)) for a, b in zip(padded[:-1], padded[1:])]
     labels, gens = [], []
     for m, p in enumerate(points):
         y, layers, g = _streams(p, data, num_classes)
@@ -251,12 +250,8 @@ def train_group(points: Sequence[MLPPoint], data: Split, device: torch.device, d
             a, c = w.shape
             params[j][0][m, :a, :c] = w.to(dtype)
             params[j][1][m, :c] = b.to(dtype)
-            masks[j][0][m, :a, :c] = 1
-            masks[j][1][m, :c] = 1
     params = [(w.to(device).requires_grad_(), b.to(device).requires_grad_()) for w, b in params]
-    masks = [(w.to(device), b.to(device)) for w, b in masks]
     flat = [t for pair in params for t in pair]
-    flat_masks = [t for pair in masks for t in pair]
     buffers = [torch.zeros_like(t) for t in flat]
     y_train = torch.stack(labels).to(device)  # (M, n) each model's own noisy labels
     col = lambda v: torch.tensor(v, dtype=dtype, device=device)  # noqa: E731
@@ -264,6 +259,8 @@ def train_group(points: Sequence[MLPPoint], data: Split, device: torch.device, d
     mom = col([p.momentum for p in points])
     wd = col([p.weight_decay for p in points])
     use_wd = bool((wd > 0).any())
+    per_model = lambda v: [v.view((M,) + (1,) * (t.dim() - 1)) for t in flat]  # noqa: E731
+    lr_of, mom_of, wd_of = per_model(lr), per_model(mom), per_model(wd)
     rows = torch.arange(M, device=device).unsqueeze(1)
 
     results = [PointResult(p, k) for p, k in zip(points, keys)]
@@ -288,13 +285,13 @@ def train_group(points: Sequence[MLPPoint], data: Split, device: torch.device, d
             loss = F.cross_entropy(logits.transpose(1, 2), y_train[rows, idx], reduction="none").mean(1).sum()
             grads = torch.autograd.grad(loss, flat)
             with torch.no_grad():
-                for t, g, buf, mask in zip(flat, grads, buffers, flat_masks):
-                    shape = (M,) + (1,) * (t.dim() - 1)
-                    if use_wd:
-                        g = g + wd.view(shape) * t
-                    # SGD with momentum as torch.optim.SGD: buf <- mu buf + g; theta <- theta - lr buf
-                    buf.mul_(mom.view(shape)).add_(g * mask)
-                    t.sub_(lr.view(shape) * buf)
+                # SGD with momentum as torch.optim.SGD: g <- g + wd theta; buf <- mu buf + g; theta <- theta - lr buf.
+                # Padded entries have zero gradient (their units are never active), so they stay zero.
+                if use_wd:
+                    grads = torch._foreach_add(grads, torch._foreach_mul(flat, wd_of))
+                torch._foreach_mul_(buffers, mom_of)
+                torch._foreach_add_(buffers, grads)
+                torch._foreach_sub_(flat, torch._foreach_mul(buffers, lr_of))
         if epoch in record_at:
             record(epoch)
         if bar is not None:
