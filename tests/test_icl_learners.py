@@ -76,6 +76,9 @@ def test_tune_steps_improves_on_one_step():
     two = learners.tune_steps(t, 2, plus_plus=True, iterations=100)
     assert two["loss"] < one["loss"]
     assert len(two["gammas"]) == 2
+    tied = learners.tune_steps(t, 2, plus_plus=True, tied=True, iterations=100)
+    assert tied["etas"][0] == tied["etas"][1] and tied["gammas"][0] == tied["gammas"][1]
+    assert one["loss"] > tied["loss"] >= two["loss"] - 1e-3  # per-step sizes can only help (up to tuning noise)
 
 
 def test_uniform_one_step_optimum_matches_monte_carlo():

@@ -104,6 +104,26 @@ def test_train_lsa_reaches_gd_loss_quickly():
     torch.testing.assert_close(lsa.effective_step_size(value, key_query).detach(), torch.full((2,), eta), rtol=0.15, atol=0)
 
 
+@settings(max_examples=20, deadline=None)
+@given(**sizes, eta=st.floats(0.01, 1.5), layers=st.integers(1, 4))
+def test_recurrent_construction_is_k_gd_steps(d, n, seed, eta, layers):
+    tasks = _tasks(d, n, seed)
+    value, key_query = lsa.gd_construction(d, eta)
+    expected = learners.predict(learners.gd_weights(tasks.x, tasks.y, [eta] * layers), tasks.x_query)
+    got = lsa.lsa_predict(tasks.tokens(), *lsa.recurrent(value, key_query, layers))
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_recurrent_training_shares_one_layer():
+    g = torch.Generator().manual_seed(0)
+    value, key_query = lsa.init_lsa((1,), 1, 3, generator=g)
+    hist = lsa.train_lsa(value, key_query, lambda s: sample_tasks((1, 128), 10, 3, generator=g), 100, lr=1e-2,
+                         repeat=2)
+    assert value.shape == (1, 1, 4, 4) and hist.loss[-1] < hist.loss[0]
+    with pytest.raises(ValueError, match="1"):
+        lsa.recurrent(*lsa.init_lsa((1,), 2, 3, generator=g), 2)
+
+
 def test_validation_messages():
     with pytest.raises(ValueError, match="layers"):
         lsa.gd_construction(3, 0.1, layers=0)

@@ -53,3 +53,12 @@ def test_config_validation():
         TransformerConfig(d=3, n_points=4, depth=0)
     with pytest.raises(ValueError, match="layout"):
         TransformerConfig(d=3, n_points=4, layout="concat")
+
+
+def test_causal_attention_matches_torch():
+    from gdlab.icl.transformer import _causal_attention
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 3, 4, 7, 5, generator=g) for _ in range(3))
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(_causal_attention(q, k, v), expected, rtol=1e-5, atol=1e-6)

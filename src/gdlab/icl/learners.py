@@ -94,11 +94,13 @@ def best_one_step_size(tasks: RegressionTasks) -> float:
     return float((tasks.y_query.flatten() @ p) / (p @ p))
 
 
-def tune_steps(tasks: RegressionTasks, steps: int, *, plus_plus: bool = False, iterations: int = 300,
-               lr: float = 0.02) -> dict:
+def tune_steps(tasks: RegressionTasks, steps: int, *, plus_plus: bool = False, tied: bool = False,
+               iterations: int = 300, lr: float = 0.02) -> dict:
     """Per-step sizes eta_l (and gamma_l for GD++) minimizing the query loss on ``tasks``, by Adam.
 
-    Returns {"etas": [...], "gammas": [...], "loss": float}. Starts from eta_l = the best one-step size.
+    ``tied=True`` shares one eta (and one gamma) across all steps, the GD++ that a recurrent LSA can run
+    (von Oswald et al. 2022, Sec. 4). Returns {"etas": [...], "gammas": [...], "loss": float}; the lists
+    have one entry per step either way. Starts from eta_l = the best one-step size.
     """
     from gdlab.train import fit
 
@@ -107,9 +109,10 @@ def tune_steps(tasks: RegressionTasks, steps: int, *, plus_plus: bool = False, i
     # optimize relative scales: eta_l = eta0 * s_l and gamma_l = g_l / a, with a the mean eigenvalue of A
     eta0 = best_one_step_size(tasks)
     a = float(tasks.x.pow(2).sum(-1).mean()) / tasks.d
-    eta_scale = torch.ones(steps, **kw, requires_grad=True)
-    gamma_scale = torch.zeros(steps, **kw, requires_grad=plus_plus)
-    etas, gammas = (lambda: eta0 * eta_scale), (lambda: gamma_scale / a)
+    free = 1 if tied else steps
+    eta_scale = torch.ones(free, **kw, requires_grad=True)
+    gamma_scale = torch.zeros(free, **kw, requires_grad=plus_plus)
+    etas, gammas = (lambda: (eta0 * eta_scale).expand(steps)), (lambda: (gamma_scale / a).expand(steps))
 
     def loss_fn(_):
         if plus_plus:

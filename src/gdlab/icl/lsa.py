@@ -53,6 +53,19 @@ def lsa_predict(tokens: torch.Tensor, value: torch.Tensor, key_query: torch.Tens
     return -(query[..., -1] + update.squeeze(-1))
 
 
+def recurrent(value: torch.Tensor, key_query: torch.Tensor, layers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's (value, key_query), shape (*models, 1, d+1, d+1), applied ``layers`` times: a recurrent LSA.
+
+    The result is a view, so gradients flow back into the one shared layer. Von Oswald et al. 2022 compare
+    K-layer models with K steps of GD++ in this weight-tied form (their reference code's default ``deq=True``).
+    """
+    layers = check_int("layers", layers, min=1)
+    if value.shape[-3] != 1 or key_query.shape[-3] != 1:
+        raise ValueError(f"parameter 'value': got {value.shape[-3]} layers; a recurrent LSA stores exactly 1")
+    shape = (*value.shape[:-3], layers, *value.shape[-2:])
+    return value.expand(shape), key_query.expand(shape)
+
+
 def init_lsa(models: Sequence[int], layers: int, d: int, *, generator: torch.Generator, scale: float = 1e-2,
              dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """Small random (value, key_query) of shape (*models, layers, d+1, d+1), requiring grad."""
@@ -137,14 +150,16 @@ def align_scale(value: torch.Tensor, key_query: torch.Tensor) -> tuple[torch.Ten
 
 
 def train_lsa(value: torch.Tensor, key_query: torch.Tensor, sample, steps: int, *, lr: float = 1e-3,
-              cooldown: float = 0.25, log_every: int = 10, clip_norm: float | None = None):
+              cooldown: float = 0.25, log_every: int = 10, clip_norm: float | None = None,
+              repeat: int | None = None):
     """Adam on the query loss 1/2 (y_hat - y_q)^2 with fresh tasks each step (von Oswald et al. 2022, Sec. 3).
 
     ``sample(step)`` returns RegressionTasks of shape (*models, B, …) matching the parameters' leading
     dimensions. The per-model mean losses are summed, so every model follows its own gradient (and no
     gradient clipping couples them); the logged loss is the mean over models. The last ``cooldown``
     fraction of steps runs at lr / 10. ``clip_norm`` clips the global gradient norm, which couples the
-    models, so use it for one model at a time (deep LSAs need it). Returns the :class:`gdlab.train.History`.
+    models, so use it for one model at a time (deep LSAs need it). ``repeat=K`` trains a recurrent LSA:
+    the one stored layer is applied K times (:func:`recurrent`). Returns the :class:`gdlab.train.History`.
     """
     from gdlab.icl.training import fit_with_cooldown
 
@@ -152,7 +167,8 @@ def train_lsa(value: torch.Tensor, key_query: torch.Tensor, sample, steps: int, 
 
     def loss_fn(step):
         tasks = sample(step)
-        pred = lsa_predict(tasks.tokens(), value, key_query)
+        layers = (value, key_query) if repeat is None else recurrent(value, key_query, repeat)
+        pred = lsa_predict(tasks.tokens(), *layers)
         return 0.5 * (pred - tasks.y_query).pow(2).mean(-1).sum()
 
     history = fit_with_cooldown([value, key_query], loss_fn, steps, lr=lr, cooldown=cooldown, log_every=log_every,

@@ -62,6 +62,20 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.
     return torch.baddbmm(bias.unsqueeze(1), flat, weight).reshape(*x.shape[:-1], weight.shape[-1])
 
 
+def _causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d_h) + causal mask) v over (..., T, d_h); one batched matmul per product.
+
+    Same result as ``F.scaled_dot_product_attention(q, k, v, is_causal=True)``; written out because on CPU,
+    with head sizes this small, that call spends about a tenth of a training step checking for fully masked rows.
+    """
+    t, d_h = q.shape[-2], q.shape[-1]
+    mask = torch.full((t, t), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
+    flat = (-1, t, d_h)
+    scores = torch.baddbmm(mask.expand(q.shape[:-2].numel(), t, t), q.reshape(flat), k.reshape(flat).transpose(-1, -2),
+                           alpha=d_h**-0.5)
+    return (scores.softmax(-1) @ v.reshape(flat)).reshape(v.shape)
+
+
 def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
     return F.layer_norm(x, x.shape[-1:]) * weight.view(shape) + bias.view(shape)
@@ -108,7 +122,7 @@ class CausalTransformer(nn.Module):
         for p in self.blocks:
             a = _linear(_layer_norm(h, p["ln1_w"], p["ln1_b"]), p["qkv_w"], p["qkv_b"])
             q, k, v = (t.reshape(M, B, T, c.heads, -1).transpose(-3, -2) for t in a.chunk(3, dim=-1))
-            att = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # softmax(q k^T / sqrt(d_h)) v
+            att = _causal_attention(q, k, v)
             h = h + _linear(att.transpose(-3, -2).reshape(M, B, T, c.width), p["proj_w"], p["proj_b"])
             m = F.gelu(_linear(_layer_norm(h, p["ln2_w"], p["ln2_b"]), p["fc_w"], p["fc_b"]))
             h = h + _linear(m, p["out_w"], p["out_b"])
@@ -137,17 +151,18 @@ def prompt_loss(model: CausalTransformer, tasks: RegressionTasks) -> torch.Tenso
     return (model.predict_all(tasks) - tasks.y).pow(2).mean(dim=(-2, -1)).sum()
 
 
-def train_transformer(model: CausalTransformer, sample, steps: int, *, lr: float = 1e-3, cooldown: float = 0.25,
+def train_transformer(model: CausalTransformer, sample, steps: int, *, lr: float = 1e-3, warmup: float = 0.05,
                       log_every: int = 10):
     """Adam on :func:`prompt_loss` with fresh prompts ``sample(step)`` (shape (M, B, …)) every step.
 
-    The last ``cooldown`` fraction of steps runs at lr / 10. The logged loss is per model and per
+    The learning rate warms up linearly over the first ``warmup`` fraction of steps and then decays to
+    zero on a cosine (:func:`gdlab.icl.training.fit_warmup_cosine`). The logged loss is per model and per
     dimension, E (y_hat - y)^2 / d, the normalized error of Garg et al. 2022.
     """
-    from gdlab.icl.training import fit_with_cooldown
+    from gdlab.icl.training import fit_warmup_cosine
 
     c = model.config
-    history = fit_with_cooldown(model.parameters(), lambda step: prompt_loss(model, sample(step)), steps, lr=lr,
-                                cooldown=cooldown, log_every=log_every)
+    history = fit_warmup_cosine(model.parameters(), lambda step: prompt_loss(model, sample(step)), steps, lr=lr,
+                                warmup=warmup, log_every=log_every)
     history.loss = [loss / (c.models * c.d) for loss in history.loss]
     return history
