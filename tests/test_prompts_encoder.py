@@ -69,3 +69,20 @@ def test_vocabulary_features(encoder, name):
     assert not any(i in instances for i, lab in zip(ids, y.tolist()) if not lab)
     with pytest.raises(ValueError, match="name"):
         tasks.vocabulary_feature("colours", encoder.tokenizer)
+
+
+def test_length_sorted_chunks_keep_the_original_order(encoder):
+    clf = PromptClassifier(encoder, tasks.LABEL_TEXTS)
+    texts = ["good", "unbelievably wonderful", "awful", "a", "heartbreakingly sad", "fine"]
+    data = clf.prepare(tasks.LabeledTexts(texts, torch.tensor([1, 1, 0, 1, 0, 1])))
+    rows = torch.cat([r for r, _ in data.chunks(4)])
+    assert sorted(rows.tolist()) == list(range(len(texts)))
+    lengths = data.mask.sum(1)[rows]
+    assert torch.equal(lengths, lengths.sort().values)  # shortest first
+    prompts = [encoder.token_ids("i feel"), encoder.token_ids("the sentiment of this word is"), []]
+    embeds, mask = clf.embed_prompts(prompts)
+    one_by_one = torch.stack([(clf.logits(embeds, mask, data.take(torch.tensor([i]))).argmax(-1)[:, 0]
+                               == data.labels[i]).float() for i in range(len(texts))], dim=1)
+    assert torch.equal(clf.correct(embeds, mask, data, max_sequences=6), one_by_one)
+    texts_acc = clf.accuracy_of_texts(["i feel", "the sentiment of this word is", ""], data)
+    assert torch.allclose(texts_acc, one_by_one.mean(1))

@@ -58,6 +58,31 @@ def test_token_descent_entropy_falls(setup):
                                           steps=20, vocabulary_size=500, generator=torch.Generator().manual_seed(0))
     assert out[0].entropy[-1] < out[0].entropy[0] and isinstance(out[0].final_label, str)
     assert out[0].final_label not in {"dog", "cat"}
+    assert out[0].refit_label and out[0].refit_label not in {"dog", "cat"} and 0 <= out[0].refit_loss < 0.7
+
+
+def test_refit_loss_is_the_logistic_optimum():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(200, generator=g)
+    y = (torch.rand(200, generator=g) < torch.sigmoid(3 * s - 1)).float()
+    best = token_descent.refit_loss(s, y)
+    bce = lambda w, c: float(torch.nn.functional.binary_cross_entropy_with_logits(w * s + c, y))
+    assert best <= bce(3.0, -1.0) + 1e-6 and best < bce(0.0, 0.0)
+    w, c = _logistic_fit(s, y).tolist()                         # an independent optimizer agrees
+    assert abs(best - bce(w, c)) < 1e-4
+    assert token_descent.refit_loss(s, (s > 0).float()) < 0.1   # separable: small, finite
+
+
+def _logistic_fit(s, y):
+    w = torch.zeros(2, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=200)
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(w[0] * s + w[1], y)
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return w.detach()
 
 
 class _ScriptedLLM:

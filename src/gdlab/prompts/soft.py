@@ -61,14 +61,13 @@ class SoftPromptFit:
 
 def group_probabilities(classifier: PromptClassifier, fitted: SoftPromptFit, inputs: Inputs) -> torch.Tensor:
     """Class probabilities (models, N, C): sum_k w_k softmax(s(P_k, x)) for each model (Qin & Eisner 2021, Eq. 3)."""
-    probs = []
+    out = torch.empty(len(fitted.groups), len(inputs), len(classifier.label_texts), device=classifier.device)
     with torch.no_grad():
-        for start in range(0, len(inputs), 256):
-            part = inputs.take(torch.arange(start, min(start + 256, len(inputs))))
+        for rows, part in inputs.chunks(max(1, 2048 // len(fitted.prompt))):
             p = classifier.logits(fitted.prompt, fitted.mask, part).softmax(-1)
-            probs.append(torch.stack([(w.to(p)[:, None, None] * p[g]).sum(0)
-                                      for g, w in zip(fitted.groups, fitted.weights)]))
-    return torch.cat(probs, dim=1)
+            out[:, rows.to(out.device)] = torch.stack([(w.to(p)[:, None, None] * p[g]).sum(0)
+                                                       for g, w in zip(fitted.groups, fitted.weights)])
+    return out
 
 
 def accuracy(classifier: PromptClassifier, fitted: SoftPromptFit, inputs: Inputs) -> torch.Tensor:

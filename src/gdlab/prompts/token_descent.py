@@ -16,8 +16,9 @@ of the prior acts: the label lives on the 5000 most frequent whole words.
 
 Two choices are ours and stated: by default the slot holds the argmax token in the forward pass
 with the gradient taken through p (straight-through; blends of embeddings otherwise create
-optima that no real token attains), and :func:`label_features` keeps the lowest-loss of a few
-random restarts.
+optima that no real token attains), and the final top-5 tokens of each run are re-evaluated
+exactly (the readout refitted, :func:`refit_loss`), as AutoPrompt re-evaluates its top candidates;
+:func:`label_features` keeps the best of a few random restarts by that exact loss.
 
 The classifier: the feature is read off as sigma(a (cos(enc(x), enc([CLS] e [SEP])) - b)) with
 two learned scalars a and b; enc(x) does not depend on the label, so it is encoded once.
@@ -44,6 +45,8 @@ class LabelDescent:
     top_probability: list[float] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
     top5: list[str] = field(default_factory=list)
+    refit_label: str = ""             # the best of the final top-5 tokens, re-evaluated exactly
+    refit_loss: float = float("nan")  # its BCE with the readout (a, b) refitted
 
     @property
     def final_label(self) -> str:
@@ -56,8 +59,27 @@ def label_vocabulary(encoder: Encoder, exclude: Sequence[int] = (), size: int = 
     return torch.tensor([i for i in whole_word_ids(encoder.tokenizer)[:size] if i not in excluded])
 
 
+def refit_loss(scores: torch.Tensor, y: torch.Tensor, iters: int = 30, l2: float = 1e-4) -> float:
+    """Mean BCE of the best 1-D logistic readout sigma(w s + c) of ``scores`` for 0/1 ``y`` (Newton's method).
+
+    Used to re-evaluate a label exactly: during descent the readout's (a, b) lag behind the
+    token, so the final loss of a run that switched token late is not comparable across runs.
+    ``l2`` (on w) keeps separable data finite.
+    """
+    s, t = scores.double().flatten(), y.double().flatten()
+    X = torch.stack([s, torch.ones_like(s)], dim=1)
+    theta = torch.zeros(2, dtype=torch.float64, device=s.device)
+    reg = torch.diag(torch.tensor([l2, 0.0], dtype=torch.float64, device=s.device))
+    for _ in range(iters):
+        q = torch.sigmoid(X @ theta)
+        grad = X.T @ (q - t) / len(t) + reg @ theta
+        hess = (X * (q * (1 - q))[:, None]).T @ X / len(t) + reg + 1e-9 * torch.eye(2, dtype=torch.float64, device=s.device)
+        theta = theta - torch.linalg.solve(hess, grad)
+    return float(torch.nn.functional.binary_cross_entropy_with_logits(X @ theta, t))
+
+
 def describe_features(encoder: Encoder, features: Sequence[tuple[Sequence[int], torch.Tensor, Sequence[int]]], *,
-                      steps: int = 150, lr: float = 0.1, c_ent: float = 0.05, lambda_nat: float = 0.0,
+                      steps: int = 100, lr: float = 0.1, c_ent: float = 0.05, lambda_nat: float = 0.0,
                       straight_through: bool = True, vocabulary_size: int = 5000, init_scale: float = 0.01,
                       log_every: int = 5, generator: torch.Generator) -> list[LabelDescent]:
     """Find a one-token label for each binary feature by gradient descent in token space, all at once.
@@ -84,11 +106,13 @@ def describe_features(encoder: Encoder, features: Sequence[tuple[Sequence[int], 
         allowed[f] = ~torch.isin(vocab, banned)
     E = encoder.E[vocab]                                            # (V, d)
     prior_cost = torch.log1p((vocab - FIRST_WORD_ID).float())       # naturalness substitute (soft part)
-    encoded = {}  # restarts share their examples: encode each example set once
-    for ids, _, _ in features:
-        if tuple(ids) not in encoded:
-            encoded[tuple(ids)] = encoder.encode_ids(*encoder.pad([[encoder.cls_id, i, encoder.sep_id] for i in ids]))
-    z_x = [encoded[tuple(ids)] for ids, _, _ in features]
+    unique = sorted({int(i) for ids, _, _ in features for i in ids})  # runs share examples: encode each token once
+    with torch.no_grad():
+        z_unique = torch.cat([encoder.encode_ids(*encoder.pad([[encoder.cls_id, i, encoder.sep_id]
+                                                               for i in unique[start:start + 1024]]))
+                              for start in range(0, len(unique), 1024)])
+    row = {i: r for r, i in enumerate(unique)}
+    z_x = [z_unique[torch.tensor([row[int(i)] for i in ids], device=device)] for ids, _, _ in features]
     ys = [labels.to(device).float() for _, labels, _ in features]
     v = (init_scale * torch.randn(F, len(vocab), generator=generator, device=generator.device)).to(device)
     v.requires_grad_(True)
@@ -121,6 +145,16 @@ def describe_features(encoder: Encoder, features: Sequence[tuple[Sequence[int], 
                 rec.loss.append(float(bce[f].detach()))
                 rec.top5 = [encoder.decode([int(vocab[i])]) for i in top.indices[f]]
         if step == steps:
+            with torch.no_grad():  # exact re-evaluation of each run's final top-5 tokens (readout refitted)
+                top = vocab[p.topk(min(5, len(vocab)), dim=-1).indices]             # (F, 5)
+                hard = encoder.E[top.flatten()][:, None]
+                z_top = encoder.encode_embeds(torch.cat([cls[:1].expand(len(hard), 1, -1), hard,
+                                                         sep[:1].expand(len(hard), 1, -1)], dim=1),
+                                              ones[:1].expand(len(hard), -1)).reshape(F, top.shape[1], -1)
+            for f, rec in enumerate(out):
+                losses = [refit_loss(z_x[f] @ z, ys[f]) for z in z_top[f]]
+                j = min(range(len(losses)), key=losses.__getitem__)
+                rec.refit_loss, rec.refit_label = losses[j], encoder.decode([int(top[f, j])])
             break
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -128,11 +162,12 @@ def describe_features(encoder: Encoder, features: Sequence[tuple[Sequence[int], 
     return out
 
 
-def label_features(encoder: Encoder, names: Sequence[str], *, replicates: int = 3, restarts: int = 4, seed: int = 0,
-                   n_positive: int = 48, n_negative: int = 96, **descent_kw) -> dict[str, list[LabelDescent]]:
+def label_features(encoder: Encoder, names: Sequence[str], *, replicates: int = 3, restarts: int = 6, seed: int = 0,
+                   n_positive: int = 256, n_negative: int = 512, **descent_kw) -> dict[str, list[LabelDescent]]:
     """Label each feature in ``replicates`` independent replicates (fresh example samples), keeping the
-    lowest-loss of ``restarts`` random initializations in each (restarts, then exact re-evaluation,
-    as AutoPrompt re-evaluates its candidates). All runs go through the encoder as one batch."""
+    best of ``restarts`` random initializations in each by the exact loss of its re-evaluated label
+    (``refit_label``: the best of its final top-5 tokens, the readout refitted; restarts, then exact
+    re-evaluation, as AutoPrompt re-evaluates its candidates). All runs go through the encoder as one batch."""
     from gdlab.prompts.tasks import feature_instances, vocabulary_feature
 
     replicates = check_int("replicates", replicates, min=1)
@@ -151,6 +186,6 @@ def label_features(encoder: Encoder, names: Sequence[str], *, replicates: int = 
         result[name] = []
         for _ in range(replicates):
             group = out[i:i + restarts]
-            result[name].append(min(group, key=lambda d: d.loss[-1]))
+            result[name].append(min(group, key=lambda d: d.refit_loss))
             i += restarts
     return result
