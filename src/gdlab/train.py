@@ -37,10 +37,12 @@ def make_optimizer(params: Iterable[torch.Tensor], name: str, lr: float, **kw) -
 
 def fit(params: Iterable[torch.Tensor], loss_fn: Callable[[int], torch.Tensor], steps: int, *,
         optimizer: str = "adam", lr: float = 1e-3, clip_norm: float | None = None, log_every: int = 10,
-        desc: str | None = None, **opt_kw) -> History:
+        desc: str | None = None, schedule: Callable[[int], float] | None = None, **opt_kw) -> History:
     """Minimize ``loss_fn(step)`` over ``params`` for ``steps`` steps.
 
     ``clip_norm`` clips the global gradient norm (von Oswald et al. 2022 train with it).
+    ``schedule(step)``, if given, is the learning-rate factor at each step (the step's rate is
+    ``lr * schedule(step)``), e.g. a warm-up and a decay.
     Returns the loss logged every ``log_every`` steps (and at the last step).
     """
     params = [p for p in params]
@@ -48,6 +50,9 @@ def fit(params: Iterable[torch.Tensor], loss_fn: Callable[[int], torch.Tensor], 
     opt = make_optimizer(params, optimizer, lr, **opt_kw)
     hist = History()
     for step in progress(range(steps), desc=desc):
+        if schedule is not None:
+            for group in opt.param_groups:
+                group["lr"] = lr * schedule(step)
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(step)
         loss.backward()

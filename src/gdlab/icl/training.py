@@ -14,8 +14,8 @@ from typing import Callable, Iterable
 
 import torch
 
-from gdlab.runtime import check_float, check_int, progress
-from gdlab.train import History, fit, make_optimizer
+from gdlab.runtime import check_float, check_int
+from gdlab.train import History, fit
 
 
 def fit_with_cooldown(params: Iterable[torch.Tensor], loss_fn: Callable[[int], torch.Tensor], steps: int, *,
@@ -51,22 +51,8 @@ def fit_warmup_cosine(params: Iterable[torch.Tensor], loss_fn: Callable[[int], t
     """Adam on ``loss_fn(step)`` for ``steps`` steps at ``lr * warmup_cosine(step)``; returns the logged losses.
 
     ``clip_norm`` clips the global gradient norm (it couples models batched into one loss: use it per model)."""
-    params = list(params)
     steps = check_int("steps", steps, min=1)
     lr = check_float("lr", lr, min=0.0, open_min=True)
     warmup = check_float("warmup", warmup, min=0.0, max=0.5)
-    opt = make_optimizer(params, "adam", lr)
-    history = History()
-    for step in progress(range(steps), desc=desc):
-        for group in opt.param_groups:
-            group["lr"] = lr * warmup_cosine(step, steps, warmup)
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(step)
-        loss.backward()
-        if clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, clip_norm)
-        opt.step()
-        if step % log_every == 0 or step == steps - 1:
-            history.steps.append(step)
-            history.loss.append(float(loss.detach()))
-    return history
+    return fit(params, loss_fn, steps, lr=lr, log_every=log_every, clip_norm=clip_norm, desc=desc,
+               schedule=lambda step: warmup_cosine(step, steps, warmup))
