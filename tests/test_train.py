@@ -29,4 +29,4 @@ def test_fit_schedule_sets_each_steps_learning_rate():
     expected = 1.0
     for f in factors:
         expected *= 1 - 0.2 * f
-    assert float(x) == pytest.approx(expected, rel=1e-14)
+    assert float(x.detach()) == pytest.approx(expected, rel=1e-14)
