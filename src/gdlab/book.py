@@ -322,7 +322,8 @@ def build_html(root: Path, notebooks: list[Path], records: list[dict], strict: b
             shutil.copy2(path, stage / path.name)
     # chapters may show library code with ```{literalinclude} /src/gdlab/<module>.py``` (a path
     # from the book's root, which is the stage)
-    shutil.copytree(root / "src", stage / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    if (root / "src").is_dir():
+        shutil.copytree(root / "src", stage / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for nb in notebooks:
         stage_notebook(nb, stage / nb.name)
     (stage / "status.md").write_text(status_page(records))
