@@ -78,6 +78,14 @@ def refit_loss(scores: torch.Tensor, y: torch.Tensor, iters: int = 30, l2: float
     return float(torch.nn.functional.binary_cross_entropy_with_logits(X @ theta, t))
 
 
+@torch.no_grad()
+def _encode_tokens(encoder: Encoder, ids: Sequence[int], chunk: int = 1024) -> torch.Tensor:
+    """Unit vectors (len(ids), d) of each token id encoded alone, as ``[CLS] token [SEP]``."""
+    return torch.cat([encoder.encode_ids(*encoder.pad([[encoder.cls_id, int(i), encoder.sep_id]
+                                                       for i in ids[start:start + chunk]]))
+                      for start in range(0, len(ids), chunk)])
+
+
 def describe_features(encoder: Encoder, features: Sequence[tuple[Sequence[int], torch.Tensor, Sequence[int]]], *,
                       steps: int = 100, lr: float = 0.1, c_ent: float = 0.05, lambda_nat: float = 0.0,
                       straight_through: bool = True, vocabulary_size: int = 5000, init_scale: float = 0.01,
@@ -107,10 +115,7 @@ def describe_features(encoder: Encoder, features: Sequence[tuple[Sequence[int], 
     E = encoder.E[vocab]                                            # (V, d)
     prior_cost = torch.log1p((vocab - FIRST_WORD_ID).float())       # naturalness substitute (soft part)
     unique = sorted({int(i) for ids, _, _ in features for i in ids})  # runs share examples: encode each token once
-    with torch.no_grad():
-        z_unique = torch.cat([encoder.encode_ids(*encoder.pad([[encoder.cls_id, i, encoder.sep_id]
-                                                               for i in unique[start:start + 1024]]))
-                              for start in range(0, len(unique), 1024)])
+    z_unique = _encode_tokens(encoder, unique)
     row = {i: r for r, i in enumerate(unique)}
     z_x = [z_unique[torch.tensor([row[int(i)] for i in ids], device=device)] for ids, _, _ in features]
     ys = [labels.to(device).float() for _, labels, _ in features]
@@ -145,12 +150,9 @@ def describe_features(encoder: Encoder, features: Sequence[tuple[Sequence[int], 
                 rec.loss.append(float(bce[f].detach()))
                 rec.top5 = [encoder.decode([int(vocab[i])]) for i in top.indices[f]]
         if step == steps:
-            with torch.no_grad():  # exact re-evaluation of each run's final top-5 tokens (readout refitted)
-                top = vocab[p.topk(min(5, len(vocab)), dim=-1).indices]             # (F, 5)
-                hard = encoder.E[top.flatten()][:, None]
-                z_top = encoder.encode_embeds(torch.cat([cls[:1].expand(len(hard), 1, -1), hard,
-                                                         sep[:1].expand(len(hard), 1, -1)], dim=1),
-                                              ones[:1].expand(len(hard), -1)).reshape(F, top.shape[1], -1)
+            # exact re-evaluation of each run's final top-5 tokens (readout refitted)
+            top = vocab[p.detach().topk(min(5, len(vocab)), dim=-1).indices]        # (F, 5)
+            z_top = _encode_tokens(encoder, top.flatten().tolist()).reshape(F, top.shape[1], -1)
             for f, rec in enumerate(out):
                 losses = [refit_loss(z_x[f] @ z, ys[f]) for z in z_top[f]]
                 j = min(range(len(losses)), key=losses.__getitem__)
