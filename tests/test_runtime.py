@@ -43,6 +43,16 @@ def test_same_seed_same_numbers_and_profile_defaults():
     assert paper.pick(quick=1, paper=2) == 2
 
 
+def test_streams_do_not_coincide_across_seeds():
+    # with seed + offset, seed 1's stream 4 would be seed 0's stream 5
+    draws = {(s, o): torch.randn(4, generator=runtime.Runtime("quick", s, torch.device("cpu")).generator(o))
+             for s in range(3) for o in range(6)}
+    for (a, b) in [((0, 5), (1, 4)), ((0, 1), (1, 0)), ((2, 0), (0, 2))]:
+        assert not torch.equal(draws[a], draws[b])
+    with pytest.raises(ValueError, match="parameter 'offset'"):
+        runtime.Runtime("quick", 0, torch.device("cpu")).generator(-1)
+
+
 def test_pick_device_auto_and_dtype():
     assert runtime.pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert runtime.pick_dtype("float64") is torch.float64

@@ -133,8 +133,14 @@ class Runtime:
         return self.pick(quick=quick, paper=paper) if value is None else value
 
     def generator(self, offset: int = 0, device: str | torch.device | None = None) -> torch.Generator:
-        """A fresh generator seeded with ``seed + offset`` (one per experiment keeps them independent)."""
-        return make_generator(self.seed + offset, self.device if device is None else device)
+        """A fresh generator for experiment ``offset`` of this run's seed.
+
+        Its seed is drawn by :class:`numpy.random.SeedSequence` from the pair (seed, offset), so streams never
+        coincide across runs: seed 1's stream 4 is not seed 0's stream 5, as it would be with ``seed + offset``.
+        """
+        offset = check_int("offset", offset, min=0)
+        state = np.random.SeedSequence([self.seed, offset]).generate_state(1, dtype=np.uint64)[0]
+        return make_generator(int(state), self.device if device is None else device)
 
     @property
     def device_name(self) -> str:
