@@ -32,3 +32,18 @@ def test_mixture_classifier_spectrum_small():
     assert abs(float(torch.trapezoid(s.density, s.grid)) - 1) < 1e-10
     with pytest.raises(ValueError, match="'num_classes'"):
         spectrum.mixture_classifier_spectrum(8, 1, torch.Generator())
+
+
+def test_eigenvalue_count_counts_parameters_and_uses_the_shared_grid():
+    """Over the whole grid the SLQ count is P (the density integrates to 1); a passed grid and sigma are used."""
+    grid = torch.linspace(-20, 80, 1001, dtype=torch.float64)
+    s = spectrum.mixture_classifier_spectrum(8, 3, torch.Generator().manual_seed(0), n=60, dim=5, steps=50,
+                                             k=6, n_steps=20, grid=grid, sigma=0.5)
+    assert torch.equal(s.grid, grid)
+    assert spectrum.eigenvalue_count(s, -20.0, 80.0) == pytest.approx(s.num_params, rel=1e-9)
+    mid = float(grid[210])   # a grid point (about 1.0), shared by the two halves
+    lo, hi = spectrum.eigenvalue_count(s, -20.0, mid), spectrum.eigenvalue_count(s, mid, 80.0)
+    assert lo + hi == pytest.approx(s.num_params, rel=1e-9) and 0 < hi < s.num_params
+    assert spectrum.eigenvalue_count(s, 100.0, 200.0) == 0.0
+    with pytest.raises(ValueError, match="'lo', 'hi'"):
+        spectrum.eigenvalue_count(s, 1.0, 1.0)

@@ -47,12 +47,13 @@ def outlier_count(eigenvalues: torch.Tensor) -> int:
 
 def mixture_classifier_spectrum(hidden: int, num_classes: int, generator: torch.Generator, *, n: int = 600,
                                 dim: int = 20, separation: float = 20.0, eta: float = 0.2, steps: int = 300,
-                                k: int = 20, n_vectors: int = 3, n_steps: int = 60, dtype=torch.float32,
-                                device="cpu") -> Spectrum:
+                                k: int = 20, n_vectors: int = 3, n_steps: int = 60, grid: torch.Tensor | None = None,
+                                sigma: float | None = None, dtype=torch.float32, device="cpu") -> Spectrum:
     """Train ``[dim, hidden, num_classes]`` tanh MLP on an ``num_classes``-cluster Gaussian mixture
     (``n`` points) by ``steps`` of GD at step ``eta`` and measure its Hessian spectrum
     (Sagun et al. 2017; Ghorbani et al. 2019). Data, initialization and probes all come from
-    ``generator``."""
+    ``generator``. ``grid`` and ``sigma`` go to :func:`gdlab.hessian.spectral_density` (pass the
+    same ones to compare densities across runs)."""
     hidden = check_int("hidden", hidden, min=1)
     num_classes = check_int("num_classes", num_classes, min=2)
     k = check_int("k", k, min=2)
@@ -63,5 +64,17 @@ def mixture_classifier_spectrum(hidden: int, num_classes: int, generator: torch.
     eos.train_gd(net, x, y, eta=eta, steps=steps, sharpness_every=steps + 1)
     top, _ = hessian.top_eigenpairs(net, eos.cohen_mse, (x, y), k=k, generator=generator)
     grid, density = hessian.spectral_density(net, eos.cohen_mse, (x, y), n_vectors=n_vectors, n_steps=n_steps,
-                                             generator=generator)
+                                             generator=generator, grid=grid, sigma=sigma)
     return Spectrum(top.cpu(), outlier_count(top.cpu()), grid, density, hessian.num_params(net))
+
+
+def eigenvalue_count(spec: Spectrum, lo: float, hi: float) -> float:
+    """SLQ estimate of the number of Hessian eigenvalues in ``[lo, hi]``: ``num_params`` times the
+    density's mass there (the density of states; Lin, Saad & Yang 2016)."""
+    lo, hi = check_float("lo", lo), check_float("hi", hi)
+    if not lo < hi:
+        raise ValueError(f"parameters 'lo', 'hi': got [{lo}, {hi}]; expected lo < hi")
+    inside = (spec.grid >= lo) & (spec.grid <= hi)
+    if int(inside.sum()) < 2:
+        return 0.0
+    return float(spec.num_params * torch.trapezoid(spec.density[inside], spec.grid[inside]))
