@@ -62,3 +62,13 @@ def test_causal_attention_matches_torch():
     q, k, v = (torch.randn(2, 3, 4, 7, 5, generator=g) for _ in range(3))
     expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
     torch.testing.assert_close(_causal_attention(q, k, v), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_qk_std_sets_the_query_key_init_scale_only():
+    cfg = TransformerConfig(d=3, n_points=6, width=64, depth=2, heads=4, qk_std=0.3)
+    tf = CausalTransformer(cfg, generator=torch.Generator().manual_seed(0))
+    for block in tf.blocks:
+        w = block["qkv_w"][0]
+        assert abs(float(w[:, :128].std()) - 0.3) < 0.02 and abs(float(w[:, 128:].std()) - 0.02) < 0.002
+    with pytest.raises(ValueError, match="parameter 'qk_std'"):
+        TransformerConfig(d=3, n_points=6, qk_std=0.0)
