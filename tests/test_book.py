@@ -134,6 +134,16 @@ def test_chapters_have_parameters_cell_and_claims_report():
         assert nb.cells[-1].source.strip() == "claims.report()", source.name
 
 
+def test_no_code_cell_relies_on_a_trailing_semicolon():
+    """nbval re-runs cells without storing history, and IPython then ignores a final ';': the re-run shows
+    an output that the executed notebook does not have, and validation fails. End cells another way."""
+    for source in book.chapters(ROOT):
+        nb = book.to_notebook(source, ROOT)
+        for cell in nb.cells:
+            lines = [line for line in cell.source.rstrip().splitlines() if line.strip()] if cell.cell_type == "code" else []
+            assert not (lines and lines[-1].rstrip().endswith(";")), (source.name, lines[-1] if lines else "")
+
+
 def test_kept_paper_notebooks_match_their_sources():
     """A kept (paper-profile) notebook whose code no longer matches the chapter source fails here:
     re-run it with `gdlab run CHAPTER --profile paper --save`."""
