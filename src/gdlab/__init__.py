@@ -9,4 +9,14 @@ from gdlab.notebook import glue
 from gdlab.runtime import Runtime, setup
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """Submodules on first access: ``import gdlab; gdlab.hessian`` imports :mod:`gdlab.hessian`."""
+    import importlib
+    import importlib.util
+
+    if not name.startswith("_") and importlib.util.find_spec(f"gdlab.{name}") is not None:
+        return importlib.import_module(f"gdlab.{name}")
+    raise AttributeError(f"module 'gdlab' has no attribute {name!r}")
 __all__ = ["Claims", "Control", "Runtime", "glue", "setup", "__version__"]

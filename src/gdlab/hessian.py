@@ -10,6 +10,7 @@ order, on the model's device and dtype. The model is used as it is: call ``model
 first if it has dropout or batch norm.
 
 Pieces:
+
 - :func:`hvp` is double backward: ``H v = d/dθ <∇L(θ), v>`` (Pearlmutter 1994). With one
   batch the gradient graph is built once and reused by every product of a Lanczos run.
 - :func:`top_eigenpairs` is Lanczos with full reorthogonalization on the device
@@ -30,6 +31,10 @@ from typing import Callable, Iterable
 import torch
 
 from gdlab.runtime import check_choice, check_float, check_int
+
+__all__ = ["trainable_parameters", "num_params", "flat_grad", "hvp", "lanczos", "top_eigenpairs",
+           "hutchinson_trace", "lanczos_quadrature", "spectral_density"]
+
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import matplotlib
 
+__all__ = ["COLORS", "STYLE", "use_style", "subplots", "heatmap", "reference_line"]
+
+
 COLORS = ["#0b5fa5", "#d1495b", "#2a9d8f", "#edae49", "#6a4c93", "#8d99ae", "#3d405b", "#f4a261"]
 
 STYLE = {
@@ -29,6 +32,8 @@ def use_style() -> None:
     import matplotlib.pyplot as plt
 
     plt.rcParams.update(STYLE)
+    from gdlab.notebook import figure_format
+    figure_format()  # inline figures sharp on high-density screens (retina PNG)
 
 
 def subplots(ncols: int = 1, nrows: int = 1, width: float = 3.4, height: float = 3.0, **kw):

@@ -23,8 +23,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["MAX_CODE_LINE", "Problem", "Cell", "parse", "check_source", "check_file", "check_bib",
-           "parse_bib", "cited_keys", "figure_names", "figure_problems", "main"]
+__all__ = ["MAX_CODE_LINE", "HISTORY", "Problem", "Cell", "parse", "strip_exempt", "number_problems",
+           "strip_for_cite", "figure_option", "figure_names", "check_source", "check_file", "cited_keys",
+           "parse_bib", "check_bib", "bib_keys", "figure_problems", "main"]
 
 MAX_CODE_LINE = 90
 

@@ -13,6 +13,10 @@ from gdlab.book.notebooks import PipelineError
 from gdlab.book.records import params_text, summary_line
 from gdlab.claims import MIMETYPE, fmt, status_of
 
+__all__ = ["STATUS_COLUMNS", "API_ORDER", "api_modules", "api_pages", "api_toc_sections", "status_page",
+           "stage_toc", "stage_notebook", "kept_seeds", "seeds_is_current", "seeds_state", "stage",
+           "build_html"]
+
 STATUS_COLUMNS = ("id", "source", "statement", "paper_value", "measured", "tolerance", "status")
 
 
@@ -47,7 +51,8 @@ def _rates(seeds: dict | None) -> dict:
     return {c["id"]: c for c in seeds.get("claims", [])}
 
 
-def status_page(records: list[dict], seeds: dict[str, dict] | None = None) -> str:
+def status_page(records: list[dict], seeds: dict[str, dict] | None = None,
+                states: dict[str, tuple[bool, str]] | None = None) -> str:
     """The "Reproduction status" page: reproductions (with their controls), the findings declared
     not reproduced, and the identities, chapter by chapter, with each run's profile, seed, device,
     commit, versions and wall time, and the pass rates over seeds where ``gdlab run --seeds`` ran."""
@@ -86,6 +91,90 @@ def status_page(records: list[dict], seeds: dict[str, dict] | None = None) -> st
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------- the API reference
+# The order of the API pages (one per top-level module or subpackage of gdlab); anything not
+# listed here follows in alphabetical order, so a new module gets its page without an edit.
+API_ORDER = ("runtime", "claims", "notebook", "plotting", "data", "train", "hessian", "sweep",
+             "icl", "implicit", "double_descent", "stability", "prompts", "devicecheck", "book")
+
+
+def api_modules(src: Path) -> dict[str, list[str]]:
+    """``{top-level name: [dotted module names]}`` of the public modules of ``<src>/gdlab`` (files
+    and folders whose names start with ``_`` are private), in :data:`API_ORDER`."""
+    pkg = src / "gdlab"
+    groups: dict[str, list[str]] = {}
+    for path in sorted(pkg.iterdir()):
+        name = path.stem if path.suffix == ".py" else path.name
+        if name.startswith("_") or not (path.suffix == ".py" or (path / "__init__.py").exists()):
+            continue
+        if path.is_dir():
+            subs = sorted(p.stem for p in path.glob("*.py") if not p.stem.startswith("_"))
+            subs += sorted(p.name for p in path.iterdir() if (p / "__init__.py").exists()
+                           and not p.name.startswith("_"))
+            groups[name] = [f"gdlab.{name}"] + [f"gdlab.{name}.{s}" for s in subs]
+        else:
+            groups[name] = [f"gdlab.{name}"]
+    rank = {n: i for i, n in enumerate(API_ORDER)}
+    return dict(sorted(groups.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
+
+
+def _first_line(module: str, src: Path) -> str:
+    """The first sentence of a module's docstring, read from its source (no import)."""
+    import ast
+
+    parts = module.split(".")
+    path = src.joinpath(*parts)
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    first = doc.split("\n\n")[0].replace("\n", " ").strip()
+    return first
+
+
+def api_pages(src: Path) -> dict[str, str]:
+    """The API part of the book: ``{"api/index.md": ..., "api/<name>.md": ...}``, one page per
+    top-level module or subpackage, each documenting its modules with Sphinx autodoc (members
+    as listed in ``__all__``) after an autosummary table."""
+    groups = api_modules(src)
+    pages = {}
+    index = ["# API reference", "",
+             "The library behind the chapters, `gdlab`, generated from its docstrings. The chapters "
+             "call these functions; each page documents one module or subpackage.", "",
+             "```{eval-rst}", ".. automodule:: gdlab", "   :no-members:", "", ".. autosummary::", ""]
+    index += [f"   {mods[0].removeprefix('gdlab.')}" for mods in groups.values()]
+    index += ["```", ""]
+    pages["api/index.md"] = "\n".join(index)
+    for name, mods in groups.items():
+        lines = [f"# `{mods[0]}`", ""]
+        package, members = mods[0], mods[1:]
+        lines += ["```{eval-rst}", f".. automodule:: {package}", "   :no-members:" if members else "   :members:\n   :undoc-members:",
+                  "```", ""]
+        if members:
+            lines += ["```{eval-rst}", ".. autosummary::", ""]
+            lines += [f"   {m.removeprefix(package + '.')}" for m in members] + ["```", ""]
+            for m in members:
+                lines += [f"## `{m}`", "", "```{eval-rst}", f".. automodule:: {m}", "   :members:",
+                          "   :undoc-members:", "```", ""]
+        pages[f"api/{name}.md"] = "\n".join(lines)
+    return pages
+
+
+def api_toc_sections(src: Path) -> list[dict]:
+    """The ``sections`` of the ``api/index`` entry of the staged ``_toc.yml``."""
+    return [{"file": f"api/{name}"} for name in api_modules(src)]
+
+
+def stage_toc(toc_text: str, src: Path) -> str:
+    """``_toc.yml`` with the generated API pages as the sections of its ``api/index`` entry."""
+    import yaml
+
+    toc = yaml.safe_load(toc_text)
+    entries = list(toc.get("chapters") or []) + [c for p in toc.get("parts") or [] for c in p.get("chapters") or []]
+    for entry in entries:
+        if isinstance(entry, dict) and entry.get("file") == "api/index":
+            entry["sections"] = api_toc_sections(src)
+    return yaml.safe_dump(toc, sort_keys=False)
+
+
 def stage_notebook(source: Path, target: Path) -> None:
     """Copy an executed notebook for the HTML build, without the claims JSON (the table's HTML
     rendering stays; Sphinx has no renderer for the JSON and would warn)."""
@@ -96,6 +185,27 @@ def stage_notebook(source: Path, target: Path) -> None:
         for out in cell.get("outputs", []):
             out.get("data", {}).pop(MIMETYPE, None)
     nbformat.write(nb, target)
+
+
+def seeds_is_current(root: Path, stem: str, summary: dict) -> tuple[bool, str]:
+    """Whether a kept ``notebooks/<stem>.seeds.json`` summary was made by the current chapter source
+    and library code (its recorded source hash), as :func:`gdlab.book.run.kept_is_current` checks
+    a kept notebook."""
+    from gdlab.book.records import source_hash
+
+    source = root / "book" / f"{stem}.md"
+    if not source.exists():
+        return False, f"no chapter source book/{stem}.md"
+    if not summary.get("source_hash"):
+        return False, "it records no single source hash (made before hashes were kept, or its seeds ran different code)"
+    if source_hash(source, summary.get("modules") or []) != summary["source_hash"]:
+        return False, "the chapter or the library code it uses changed since it was made"
+    return True, ""
+
+
+def seeds_state(root: Path) -> dict[str, tuple[bool, str]]:
+    """``{stem: (current, why)}`` for every kept seeds summary."""
+    return {stem: seeds_is_current(root, stem, summary) for stem, summary in kept_seeds(root).items()}
 
 
 def kept_seeds(root: Path) -> dict[str, dict]:
@@ -109,14 +219,15 @@ def kept_seeds(root: Path) -> dict[str, dict]:
     return out
 
 
-def build_html(root: Path, notebooks: list[Path], records: list[dict], strict: bool = True) -> Path:
-    """Stage the executed notebooks with the book's pages and build the HTML with Jupyter Book
-    (execution off). Returns the HTML folder."""
+def stage(root: Path, notebooks: list[Path], records: list[dict]) -> Path:
+    """Lay out the book's sources for Jupyter Book in ``_build/stage``: the configuration, the pages
+    of ``book/`` (not the chapter sources), the executed notebooks, a copy of ``src/``, the
+    generated API pages (when ``_toc.yml`` lists ``api/index``) and the status page."""
     stage = root / "_build" / "stage"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy2(root / name, stage / name)
+    shutil.copy2(root / "_config.yml", stage / "_config.yml")
+    toc_text = (root / "_toc.yml").read_text()
     for path in (root / "book").iterdir():
         if path.is_file() and not re.match(r"\d\d-.*\.md$", path.name):
             shutil.copy2(path, stage / path.name)
@@ -124,10 +235,24 @@ def build_html(root: Path, notebooks: list[Path], records: list[dict], strict: b
     # from the book's root, which is the stage)
     if (root / "src").is_dir():
         shutil.copytree(root / "src", stage / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        if "api/index" in toc_text:
+            for name, text in api_pages(root / "src").items():
+                (stage / name).parent.mkdir(parents=True, exist_ok=True)
+                (stage / name).write_text(text)
+            toc_text = stage_toc(toc_text, root / "src")
+    (stage / "_toc.yml").write_text(toc_text)
     for nb in notebooks:
         stage_notebook(nb, stage / nb.name)
-    (stage / "status.md").write_text(status_page(records, kept_seeds(root)))
-    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(stage),
+    (stage / "status.md").write_text(status_page(records, kept_seeds(root), seeds_state(root)))
+    return stage
+
+
+def build_html(root: Path, notebooks: list[Path], records: list[dict], strict: bool = True) -> Path:
+    """Stage the executed notebooks with the book's pages and build the HTML with Jupyter Book
+    (execution off; with ``strict``, warnings and unresolved references are errors). Returns the
+    HTML folder, ``_build/html``."""
+    staged = stage(root, notebooks, records)
+    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(staged),
            "--builder", "html", "--keep-going"]
     if strict:
         cmd += ["-W", "-n"]
@@ -136,7 +261,7 @@ def build_html(root: Path, notebooks: list[Path], records: list[dict], strict: b
     if proc.returncode != 0:
         print(proc.stdout[-8000:], proc.stderr[-4000:])
         raise PipelineError("jupyter-book build failed (warnings are errors)")
-    html = stage / "_build" / "html"
+    html = staged / "_build" / "html"
     out = root / "_build" / "html"
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(html, out)
