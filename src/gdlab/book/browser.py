@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["CHROMIUM_FLAGS", "RAW_LATEX", "PageReport", "find_chromium", "html_pages", "check_site", "main"]
+__all__ = ["CHROMIUM_FLAGS", "RAW_LATEX", "REDIRECT", "CHAPTER_PAGE", "PageReport", "find_chromium", "html_pages", "check_site", "main"]
 
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage"]
 # TeX that MathJax should have replaced: delimiters, or a control word such as \lambda or \frac
 RAW_LATEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|\\(?:[a-zA-Z]{2,})\b|\$[^$\s][^$]*[\\^_{}][^$]*\$")
+REDIRECT = re.compile(r'<meta\s+http-equiv="refresh"\s+content="\d+;\s*url=([^"]+)"', re.IGNORECASE)
 CHAPTER_PAGE = re.compile(r"^\d\d-.*\.html$")
 SKIP_DIRS = ("_static", "_sources", "_images", "_sphinx_design_static", "_panels_static", "screenshots")
 
@@ -147,6 +148,10 @@ def check_site(html: Path, screenshots: Path | None = None, pages: list[Path] | 
         for path in pages:
             name = str(path.relative_to(html))
             rep = reports[name] = PageReport(name)
+            refresh = REDIRECT.search(path.read_text(errors="replace"))
+            if refresh:  # a redirect page (index.html -> the root page): check its target only
+                rep.links = [refresh.group(1)]
+                continue
             page = context.new_page()
             blocked: list[str] = []
             errors: list[str] = []

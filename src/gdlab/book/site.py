@@ -14,7 +14,7 @@ from gdlab.book.records import params_text, summary_line
 from gdlab.claims import MIMETYPE, fmt, status_of
 
 __all__ = ["STATUS_COLUMNS", "API_ORDER", "api_modules", "api_pages", "api_toc_sections", "status_page",
-           "stage_toc", "stage_notebook", "kept_seeds", "seeds_is_current", "seeds_state", "stage",
+           "stage_toc", "split_figure_cells", "stage_notebook", "kept_seeds", "seeds_is_current", "seeds_state", "stage",
            "build_html"]
 
 STATUS_COLUMNS = ("id", "source", "statement", "paper_value", "measured", "tolerance", "status")
@@ -175,15 +175,53 @@ def stage_toc(toc_text: str, src: Path) -> str:
     return yaml.safe_dump(toc, sort_keys=False)
 
 
+def _is_image(output) -> bool:
+    return output.get("output_type") in ("display_data", "execute_result") and any(
+        k.startswith("image/") for k in output.get("data", {}))
+
+
+def split_figure_cells(nb) -> None:
+    """myst-nb wraps EVERY displayed output of a cell with a ``mystnb: figure`` option in a figure
+    with that caption and label, so a figure cell that also shows a value (a claim's repr, a table)
+    would declare its label twice. Keep the image (and printed text, and glue data) in the figure
+    cell, and move its other displayed outputs into an output-only cell right after it."""
+    import nbformat
+
+    cells = []
+    for cell in nb.cells:
+        cells.append(cell)
+        fig = (cell.get("metadata", {}).get("mystnb") or {}).get("figure") if cell.get("cell_type") == "code" else None
+        if not fig:
+            continue
+        keep, moved, seen_image = [], [], False
+        for out in cell.get("outputs", []):
+            shown = out.get("output_type") in ("display_data", "execute_result") and \
+                "scrapbook" not in out.get("metadata", {})
+            if shown and not (_is_image(out) and not seen_image):
+                moved.append(out)
+            else:
+                seen_image |= _is_image(out)
+                keep.append(out)
+        if moved:
+            cell["outputs"] = keep
+            extra = nbformat.v4.new_code_cell("# the other outputs of the figure cell above", outputs=moved,
+                                              metadata={"tags": ["remove-input"]})  # myst-nb skips empty cells
+            extra["id"] = (str(cell.get("id") or "cell") + "-outputs")[-64:]
+            cells.append(extra)
+    nb.cells = cells
+
+
 def stage_notebook(source: Path, target: Path) -> None:
-    """Copy an executed notebook for the HTML build, without the claims JSON (the table's HTML
-    rendering stays; Sphinx has no renderer for the JSON and would warn)."""
+    """Copy an executed notebook for the HTML build: without the claims JSON (the table's HTML
+    rendering stays; Sphinx has no renderer for the JSON and would warn), and with each figure
+    cell showing only its figure (:func:`split_figure_cells`)."""
     import nbformat
 
     nb = nbformat.read(source, as_version=4)
     for cell in nb.cells:
         for out in cell.get("outputs", []):
             out.get("data", {}).pop(MIMETYPE, None)
+    split_figure_cells(nb)
     nbformat.write(nb, target)
 
 

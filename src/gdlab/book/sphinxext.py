@@ -7,11 +7,15 @@ Roles that mark a number the prose states without a run producing it (see
 - ``{fixed}`384``` -- a number fixed by the text itself (a version, a model's published size).
 
 Both render their text unchanged (in a ``<span>`` with the class ``paper-value`` or
-``fixed-value``, and a tooltip saying where the number comes from).
+``fixed-value``).
+
+It also removes duplicated ``<script>`` entries from every page: sphinx-thebe adds its inline
+configuration once per reading phase, and a second copy is a JavaScript error
+("Identifier 'THEBE_JS_URL' has already been declared") that the browser check catches.
 """
 from __future__ import annotations
 
-__all__ = ["paper_role", "fixed_role", "setup"]
+__all__ = ["paper_role", "fixed_role", "dedupe_scripts", "setup"]
 
 
 def _role(cls: str, title: str):
@@ -29,8 +33,24 @@ paper_role = _role("paper-value", "value reported by the cited paper")
 fixed_role = _role("fixed-value", "a number fixed by the text, not by a run")
 
 
+def dedupe_scripts(app, pagename, templatename, context, doctree) -> None:
+    """``html-page-context``: keep the first of identical script entries (same file or body; an
+    inline script may be registered with the file name None and again with "")."""
+    scripts = context.get("script_files")
+    if not scripts:
+        return
+    seen, unique = set(), []
+    for js in scripts:
+        key = (str(getattr(js, "filename", js) or ""), tuple(sorted(getattr(js, "attributes", {}).items())))
+        if key not in seen:
+            seen.add(key)
+            unique.append(js)
+    scripts[:] = unique  # in place: handlers after this one (MathJax) add to the same list
+
+
 def setup(app):
-    """Register the ``paper`` and ``fixed`` roles."""
+    """Register the ``paper`` and ``fixed`` roles and the script de-duplication."""
     app.add_role("paper", paper_role)
     app.add_role("fixed", fixed_role)
+    app.connect("html-page-context", dedupe_scripts, priority=100)  # before any handler that returns a template (emit_firstresult)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
