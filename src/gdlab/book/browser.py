@@ -7,12 +7,14 @@ On every page it fails on:
 - a link into the book whose file is missing, or whose ``#anchor`` names no element of its page;
 - a JavaScript error (an uncaught exception, or an error in the console);
 - raw LaTeX left visible after MathJax has run (``\\(``, ``$$``, ``\\lambda`` ... outside code);
+- a code cell wider than the text column (at a 1280-pixel-wide window);
 - a request that tries to leave the book (the book must work offline);
 - on a chapter page (``NN-*.html``), a missing Colab launch link.
 
 It keeps a screenshot of the top of each page (and, on chapter pages, of the first figure) in
 ``_build/screenshots``. Run it with ``python -m gdlab.book.browser [_build/html]`` (exit 1 on a
-problem, 0 when every page is clean, 3 when no browser is installed). The driver is Playwright
+problem, 0 when every page is clean; where Chromium or Playwright is missing it says so and exits 0,
+or 3 with ``--require``). The driver is Playwright
 with Debian's Chromium (``/usr/bin/chromium``; no browser download).
 """
 from __future__ import annotations
@@ -59,7 +61,10 @@ async () => {
   const colab = Array.from(document.querySelectorAll('a[href]'))
       .some(a => a.href.includes('colab.research.google.com'));
   const figure = !!document.querySelector('figure, div.figure');
-  return {text, navTitles, ids, links, images, colab, figure, title: document.title};
+  const wide = Array.from(document.querySelectorAll('div.cell div.highlight pre'))
+      .filter(p => p.scrollWidth > p.clientWidth + 2)
+      .map(p => Math.max(...p.textContent.split('\\n').map(l => l.length)));
+  return {text, navTitles, ids, links, images, colab, figure, wide, title: document.title};
 }
 """
 
@@ -87,12 +92,18 @@ def html_pages(html: Path) -> list[Path]:
                   if not any(part in SKIP_DIRS for part in p.relative_to(html).parts))
 
 
-def _raw_latex(text: str) -> list[str]:
-    found = []
-    for m in RAW_LATEX.finditer(text):
-        start = max(0, m.start() - 30)
-        found.append(text[start:m.end() + 30].replace("\n", " ").strip())
-    return found
+TEX_SPANS = re.compile(r"\\\((.{0,200}?)\\\)|\\\[(.{0,400}?)\\\]|\$\$(.{0,400}?)\$\$", re.DOTALL)
+
+
+def _raw_latex(text: str, limit: int = 5) -> list[str]:
+    """The distinct pieces of TeX left in ``text`` (whole ``\\(...\\)`` spans where there are
+    delimiters, else a little context around a control word), at most ``limit`` and a count."""
+    found = list(dict.fromkeys(" ".join(m.group(0).split()) for m in TEX_SPANS.finditer(text)))
+    rest = TEX_SPANS.sub(" ", text)
+    for m in RAW_LATEX.finditer(rest):
+        found.append(" ".join(rest[max(0, m.start() - 25):m.end() + 25].split()))
+    found = list(dict.fromkeys(found))
+    return found[:limit] + ([f"... and {len(found) - limit} more"] if len(found) > limit else [])
 
 
 def _check_links(html: Path, reports: dict[str, PageReport]) -> None:
@@ -156,7 +167,7 @@ def check_site(html: Path, screenshots: Path | None = None, pages: list[Path] | 
             blocked: list[str] = []
             errors: list[str] = []
 
-            def route(r, blocked=blocked):
+            def route(r, request=None, blocked=blocked):
                 url = r.request.url
                 if url.startswith(("file:", "data:", "blob:", "about:")):
                     return r.continue_()
@@ -182,17 +193,19 @@ def check_site(html: Path, screenshots: Path | None = None, pages: list[Path] | 
             for img in info["images"]:
                 if not img["ok"]:
                     rep.problems.append(f"missing image: {img['src']}")
-            for url in failed:
-                short = url.removeprefix(root_prefix)
-                if not any(short in p for p in rep.problems):
+            for url in failed:  # a stylesheet, a script, a font (a missing <img> is reported above)
+                short = url.removeprefix(root_prefix + "/")
+                if not any(Path(unquote(short)).name in p for p in rep.problems):
                     rep.problems.append(f"failed to load: {short}")
             for url in dict.fromkeys(blocked):
                 rep.problems.append(f"request to the network (the book must work offline): {url}")
-            # a blocked request shows up again as a console error; report it once
-            rep.problems += [e for e in dict.fromkeys(errors)
-                             if not (blocked and "ERR_INTERNET_DISCONNECTED" in e or "net::ERR_FAILED" in e)]
-            for snippet in _raw_latex(info["text"]) + [t for t in info["navTitles"] if RAW_LATEX.search(t)]:
-                rep.problems.append(f"raw LaTeX visible: ...{snippet}...")
+            # a failed or blocked request also shows as a console error: reported once, above
+            rep.problems += [e for e in dict.fromkeys(errors) if "Failed to load resource" not in e]
+            nav = " ".join(t for t in info["navTitles"] if RAW_LATEX.search(t))
+            for snippet in _raw_latex(info["text"] + " " + nav):
+                rep.problems.append(f"raw LaTeX visible: {snippet}")
+            for longest in info["wide"]:
+                rep.problems.append(f"code cell wider than the page (its longest line has {longest} characters)")
             if CHAPTER_PAGE.match(path.name) and not info["colab"]:
                 rep.problems.append("chapter page without a Colab launch link")
             if screenshots is not None:
@@ -218,15 +231,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("html", nargs="?", default="_build/html", type=Path)
     parser.add_argument("--screenshots", default=None, type=Path,
                         help="folder for the screenshots (default: _build/screenshots beside the html folder)")
+    parser.add_argument("--require", action="store_true",
+                        help="exit 3 instead of skipping when Chromium or Playwright is missing")
     args = parser.parse_args(argv)
+    skip = 3 if args.require else 0
     if find_chromium() is None:
         print("browser check SKIPPED: no Chromium found (apt-get install chromium, or set CHROMIUM=/path)")
-        return 3
+        return skip
     try:
         import playwright  # noqa: F401
     except ImportError:
         print("browser check SKIPPED: playwright is not installed (pip install playwright; no browser download)")
-        return 3
+        return skip
     if not (args.html / "index.html").exists():
         print(f"browser check: no book at {args.html} (build it first: gdlab book)")
         return 1

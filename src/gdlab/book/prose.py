@@ -27,6 +27,7 @@ __all__ = ["MAX_CODE_LINE", "HISTORY", "Problem", "Cell", "parse", "strip_exempt
            "strip_for_cite", "figure_option", "figure_names", "check_source", "check_file", "cited_keys",
            "parse_bib", "check_bib", "bib_keys", "figure_problems", "main"]
 
+#: The longest code line a chapter may have (characters): what fits the page.
 MAX_CODE_LINE = 90
 
 # ---------------------------------------------------------------- parsing a MyST chapter
@@ -246,6 +247,7 @@ def figure_names(text: str) -> list[tuple[int, str]]:
 
 
 # ---------------------------------------------------------------- rule E: history
+#: Phrases of development history that reader text must not contain (case-insensitive regexes).
 HISTORY = [r"earlier version", r"previous version", r"older version", r"new version", r"this version",
            r"earlier draft", r"previous draft", r"earlier run", r"previous run", r"earlier session",
            r"we first tried", r"we tried", r"we now", r"now passes", r"now fails", r"no longer passes",

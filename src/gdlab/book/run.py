@@ -31,6 +31,7 @@ __all__ = ["EXIT", "NBVAL_SANITIZE", "PARAMETER_ERRORS", "RunResult", "read_publ
            "kept_is_current", "parse_seeds", "run_seeds"]
 
 
+#: The exit code of ``gdlab run`` / ``gdlab book`` for each outcome.
 EXIT = {"ok": 0, "claim": 1, "parameter": 2, "error": 3, "validation": 4, "interrupt": 130}
 # nbval compares every text output exactly after these substitutions (regex -> replacement).
 NBVAL_SANITIZE = {

@@ -13,7 +13,7 @@ from gdlab.book.notebooks import PipelineError
 from gdlab.book.records import params_text, summary_line
 from gdlab.claims import MIMETYPE, fmt, status_of
 
-__all__ = ["STATUS_COLUMNS", "API_ORDER", "api_modules", "api_pages", "api_toc_sections", "status_page",
+__all__ = ["STATUS_COLUMNS", "LEGEND", "chapter_titles", "API_ORDER", "api_modules", "api_pages", "api_toc_sections", "status_page",
            "stage_toc", "split_figure_cells", "stage_notebook", "kept_seeds", "seeds_is_current", "seeds_state", "stage",
            "build_html"]
 
@@ -51,49 +51,135 @@ def _rates(seeds: dict | None) -> dict:
     return {c["id"]: c for c in seeds.get("claims", [])}
 
 
+def _spread_text(spread) -> str:
+    """``{"min", "mean", "max"}`` (or a dict of them) as "min .. max"."""
+    if not spread:
+        return "-"
+    if "min" in spread and not isinstance(spread["min"], dict):
+        return f"{fmt(spread['min'])} .. {fmt(spread['max'])}"
+    return "; ".join(f"{k}: {_spread_text(v)}" for k, v in spread.items())
+
+
+def _seeds_text(seeds: list) -> str:
+    seeds = sorted(int(x) for x in seeds)
+    if seeds and seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2:
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
+def _rate_summary(summary: dict | None) -> str:
+    """"all 14 claims at 6 of 6 seeds" or "C3 at 5 of 6 seeds; 13 others at 6 of 6"."""
+    rates = _rates(summary)
+    if not rates:
+        return "not run (`gdlab run NN --seeds 0-5 --save`)"
+    full = [c for c in rates.values() if c["passes"] == c["runs"]]
+    short = [c for c in rates.values() if c["passes"] != c["runs"]]
+    runs = max(c["runs"] for c in rates.values())
+    text = f"seeds {_seeds_text(summary.get('seeds', []))}: "
+    if not short:
+        return text + f"all {len(full)} claims pass at every seed"
+    parts = [f"{c['id']} {c['passes']}/{c['runs']}" + (" (declared)" if c.get("not_reproduced") else "")
+             for c in short]
+    return text + "; ".join(parts) + (f"; the other {len(full)} pass at all {runs}" if full else "")
+
+
+LEGEND = [
+    "**PASS**: the measurement meets the tolerance fixed before the run, and every control (the same "
+    "measurement under the condition the paper rules out) fails it.",
+    "**FAIL**: the measurement misses the tolerance, or a control passes too (then the check cannot tell "
+    "the effect from its absence). A failed claim fails the book's build.",
+    "**NOT REPRODUCED**: declared before the run, with its reason; it is shown and does not fail the build.",
+    "**UNEXPECTED PASS**: a claim declared not reproduced passed; its declaration should go.",
+    "**Identities** are exact properties of the book's own code (a construction equals what it claims to "
+    "compute); they have no control and are listed apart from the reproductions.",
+]
+
+
+def chapter_titles(root: Path) -> dict[str, str]:
+    """``{stem: title}`` from the first heading of every ``book/NN-*.md``."""
+    out = {}
+    for path in sorted((root / "book").glob("[0-9][0-9]-*.md")):
+        m = re.search(r"^#\s+(.+)$", path.read_text(), re.MULTILINE)
+        out[path.stem] = m.group(1).strip() if m else path.stem
+    return out
+
+
 def status_page(records: list[dict], seeds: dict[str, dict] | None = None,
-                states: dict[str, tuple[bool, str]] | None = None) -> str:
-    """The "Reproduction status" page: reproductions (with their controls), the findings declared
-    not reproduced, and the identities, chapter by chapter, with each run's profile, seed, device,
-    commit, versions and wall time, and the pass rates over seeds where ``gdlab run --seeds`` ran."""
-    seeds = seeds or {}
-    lines = ["# Reproduction status", "",
-             f"As measured in the runs this book was built from: **{summary_line(records)}**. "
-             "A reproduction passes only when its measurement passes and every control (the same measurement "
-             "under the condition the paper rules out) fails. `gdlab claims` prints this in a terminal.", ""]
+                states: dict[str, tuple[bool, str]] | None = None,
+                titles: dict[str, str] | None = None) -> str:
+    """The "Reproduction status" page (MyST): an overview table of the chapters, a legend, then per
+    chapter the run (profile, seed, parameters, device, commit, versions, wall time), the
+    reproductions with their controls, the findings declared not reproduced, the identities, and
+    the pass rates over seeds from the kept ``gdlab run --seeds`` summaries (``seeds``), marked
+    stale where ``states`` says the code changed since. ``titles`` (by chapter stem) name and link
+    the chapters."""
+    seeds, states, titles = seeds or {}, states or {}, titles or {}
     chapters = list(dict.fromkeys(r.get("chapter", "") for r in records))
+    lines = ["# Reproduction status", "",
+             "Every claim of the book, as measured in the runs this book was built from, and how often it "
+             f"passes when the chapter is rerun at other seeds. In all: **{summary_line(records)}**. "
+             "`gdlab claims` prints the same table in a terminal, and `gdlab run NN --seeds 0-5` reruns a "
+             "chapter at six seeds.", ""]
+    if chapters:
+        lines += [":::{div} full-width", "", "| chapter | claims at the book's run | over seeds | run |", "|---|---|---|---|"]
+        for stem in chapters:
+            rows = [r for r in records if r.get("chapter") == stem]
+            r0 = rows[0]
+            name = f"{{ref}}`{_md(titles.get(stem, stem))} <status-{stem}>`"
+            stale = " (stale)" if stem in states and not states[stem][0] else ""
+            lines.append(f"| {name} | {_md(summary_line(rows))} | {_md(_rate_summary(seeds.get(stem)))}{stale} | "
+                         f"`{r0.get('profile')}`, seed {r0.get('seed')}, {_md(str(r0.get('device')))}, "
+                         f"{fmt(r0.get('wall_time_s'))} s |")
+        lines += ["", ":::", ""]
+    lines += [f"- {item}" for item in LEGEND] + [""]
     for stem in chapters:
         rows = [r for r in records if r.get("chapter") == stem]
         r0 = rows[0]
         versions = ", ".join(f"{k} {v}" for k, v in (r0.get("versions") or {}).items())
-        lines += [f"## {stem}", "",
-                  f"{summary_line(rows)}. Run: profile `{r0.get('profile')}`, seed {r0.get('seed')}, "
-                  f"{params_text(r0)}, device {r0.get('device')}, commit `{(r0.get('commit') or '-')[:12]}`, "
-                  f"{versions or 'versions not recorded'}, wall time {fmt(r0.get('wall_time_s'))} s.", ""]
+        title = titles.get(stem, stem)
+        lines += [f"(status-{stem})=", f"## {title}", ""]
+        if stem in titles:
+            lines += [f"The chapter: {{doc}}`{stem}`. {summary_line(rows)}.", ""]
+        else:
+            lines += [f"{summary_line(rows)}.", ""]
+        lines += [f"Run: profile `{r0.get('profile')}`, seed {r0.get('seed')}, parameters: {_md(params_text(r0))}, "
+                  f"device {_md(str(r0.get('device')))}, commit `{(r0.get('commit') or '-')[:12]}`, "
+                  f"{_md(versions) or 'versions not recorded'}, wall time {fmt(r0.get('wall_time_s'))} s.", ""]
         groups = [("Reproductions", [r for r in rows if r.get("kind", "reproduction") == "reproduction"
                                      and not r.get("not_reproduced")], True),
                   ("Declared not reproduced", [r for r in rows if r.get("not_reproduced")], True),
                   ("Identities (exact properties of our code)", [r for r in rows if r.get("kind") == "identity"],
                    False)]
-        for title, group, with_controls in groups:
+        for heading, group, with_controls in groups:
             if group:
-                lines += [f"**{title}**", "", ":::{div} full-width", ""] + _table(group, with_controls) + ["", ":::", ""]
+                lines += [f"**{heading}**", "", ":::{div} full-width", ""] + _table(group, with_controls) + ["", ":::", ""]
+                if heading == "Declared not reproduced":
+                    lines += [f"- {r['id']}: {_md(r['not_reproduced'])}" for r in group] + [""]
         rates = _rates(seeds.get(stem))
         if rates:
             summary = seeds[stem]
-            lines += [f"**Over seeds {', '.join(map(str, summary.get('seeds', [])))}** "
-                      f"(profile `{summary.get('profile')}`, {params_text(summary)})", "",
-                      "| id | passes | controls that fail |", "|---|---|---|"]
+            current, why = states.get(stem, (True, ""))
+            lines += [f"**Over seeds {_seeds_text(summary.get('seeds', []))}** (profile `{summary.get('profile')}`, "
+                      f"parameters: {_md(params_text(summary))}, commit `{(summary.get('commit') or '-')[:12]}`)", ""]
+            if not current:
+                lines += [":::{warning}", f"These pass rates are stale: {why}. Rerun "
+                          f"`gdlab run {stem} --seeds {_seeds_text(summary.get('seeds', []))} --save`.", ":::", ""]
+            lines += [":::{div} full-width", "", "| id | statement | passes | measured (min .. max) | controls that fail |",
+                      "|---|---|---|---|---|"]
             for cid, c in rates.items():
                 ctl = "; ".join(f"{_md(x['name'])}: {x['fails']}/{x['runs']}" for x in c["controls"]) or "-"
-                lines.append(f"| {cid} | {c['passes']}/{c['runs']} | {ctl} |")
+                note = " (declared not reproduced)" if c.get("not_reproduced") else ""
+                lines.append(f"| {cid} | {_md(c.get('statement') or '')} | {c['passes']}/{c['runs']}{note} | "
+                             f"{_md(_spread_text(c.get('spread')))} | {ctl} |")
+            errors = summary.get("errors") or {}
+            lines += ["", ":::", ""] + [f"- seed {s}: the run did not complete: {_md(e)}" for s, e in errors.items()]
             lines.append("")
     return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- the API reference
-# The order of the API pages (one per top-level module or subpackage of gdlab); anything not
-# listed here follows in alphabetical order, so a new module gets its page without an edit.
+#: The order of the API pages (one per top-level module or subpackage of gdlab); anything not
+#: listed here follows in alphabetical order, so a new module gets its page without an edit.
 API_ORDER = ("runtime", "claims", "notebook", "plotting", "data", "train", "hessian", "sweep",
              "icl", "implicit", "double_descent", "stability", "prompts", "devicecheck", "book")
 
@@ -144,7 +230,7 @@ def api_pages(src: Path) -> dict[str, str]:
     index += ["```", ""]
     pages["api/index.md"] = "\n".join(index)
     for name, mods in groups.items():
-        lines = [f"# `{mods[0]}`", ""]
+        lines = [f"# {mods[0]}", ""]
         package, members = mods[0], mods[1:]
         lines += ["```{eval-rst}", f".. automodule:: {package}", "   :no-members:" if members else "   :members:\n   :undoc-members:",
                   "```", ""]
@@ -152,7 +238,7 @@ def api_pages(src: Path) -> dict[str, str]:
             lines += ["```{eval-rst}", ".. autosummary::", ""]
             lines += [f"   {m.removeprefix(package + '.')}" for m in members] + ["```", ""]
             for m in members:
-                lines += [f"## `{m}`", "", "```{eval-rst}", f".. automodule:: {m}", "   :members:",
+                lines += [f"## {m}", "", "```{eval-rst}", f".. automodule:: {m}", "   :members:",
                           "   :undoc-members:", "```", ""]
         pages[f"api/{name}.md"] = "\n".join(lines)
     return pages
@@ -281,25 +367,38 @@ def stage(root: Path, notebooks: list[Path], records: list[dict]) -> Path:
     (stage / "_toc.yml").write_text(toc_text)
     for nb in notebooks:
         stage_notebook(nb, stage / nb.name)
-    (stage / "status.md").write_text(status_page(records, kept_seeds(root), seeds_state(root)))
+    titles = {k: v for k, v in chapter_titles(root).items() if k in toc_text}
+    (stage / "status.md").write_text(status_page(records, kept_seeds(root), seeds_state(root), titles))
     return stage
+
+
+def _jupyter_book(staged: Path, builder: str, strict: bool, cwd: Path) -> None:
+    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(staged),
+           "--builder", builder, "--keep-going"]
+    if strict:
+        cmd += ["-W", "-n"]
+    print("building:", "jupyter-book", " ".join(cmd[3:]))
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(proc.stdout[-8000:], proc.stderr[-4000:])
+        raise PipelineError(f"jupyter-book {builder} build failed (warnings are errors)")
 
 
 def build_html(root: Path, notebooks: list[Path], records: list[dict], strict: bool = True) -> Path:
     """Stage the executed notebooks with the book's pages and build the HTML with Jupyter Book
-    (execution off; with ``strict``, warnings and unresolved references are errors). Returns the
-    HTML folder, ``_build/html``."""
+    (execution off). With ``strict``, warnings and unresolved references (``-W -n``) are errors,
+    and Sphinx's linkcheck then checks the book's links to its own files, offline (links to the
+    web are ignored in ``_config.yml``). Returns the HTML folder, ``_build/html``."""
     staged = stage(root, notebooks, records)
-    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(staged),
-           "--builder", "html", "--keep-going"]
-    if strict:
-        cmd += ["-W", "-n"]
-    print("building HTML: jupyter-book", " ".join(cmd[3:]))
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(proc.stdout[-8000:], proc.stderr[-4000:])
-        raise PipelineError("jupyter-book build failed (warnings are errors)")
+    _jupyter_book(staged, "html", strict, root)
     html = staged / "_build" / "html"
+    if strict:
+        _jupyter_book(staged, "linkcheck", strict, root)  # reuses the environment: seconds
+        report = root / "_build" / "linkcheck"
+        report.mkdir(parents=True, exist_ok=True)
+        for name in ("output.txt", "output.json"):  # Jupyter Book writes them into the HTML folder
+            if (html / name).exists():
+                shutil.move(str(html / name), str(report / name))
     out = root / "_build" / "html"
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(html, out)

@@ -9,13 +9,25 @@ Roles that mark a number the prose states without a run producing it (see
 Both render their text unchanged (in a ``<span>`` with the class ``paper-value`` or
 ``fixed-value``).
 
+It adds the book's small stylesheet (``_static/gdlab.css``): code cells in a font size at which a
+line of :data:`gdlab.book.prose.MAX_CODE_LINE` characters fits the page's text column on a
+1280-pixel-wide screen, and figures no wider than the column.
+
 It also removes duplicated ``<script>`` entries from every page: sphinx-thebe adds its inline
 configuration once per reading phase, and a second copy is a JavaScript error
 ("Identifier 'THEBE_JS_URL' has already been declared") that the browser check catches.
 """
 from __future__ import annotations
 
-__all__ = ["paper_role", "fixed_role", "dedupe_scripts", "setup"]
+__all__ = ["CSS", "paper_role", "fixed_role", "dedupe_scripts", "write_css", "setup"]
+
+#: The book's stylesheet, written to ``_static/gdlab.css``.
+CSS = """/* gdlab: code cells fit 90 characters in the text column (sphinx-book-theme, 1280 px screen) */
+div.cell div.highlight pre, div.cell_output pre, div.output pre {
+  font-size: 0.75em; line-height: 1.45; padding-left: 0.75rem; padding-right: 0.75rem;
+}
+figure img, div.figure img, div.cell_output img { max-width: 100%; height: auto; }
+"""
 
 
 def _role(cls: str, title: str):
@@ -48,8 +60,20 @@ def dedupe_scripts(app, pagename, templatename, context, doctree) -> None:
     scripts[:] = unique  # in place: handlers after this one (MathJax) add to the same list
 
 
+def write_css(app, exception) -> None:
+    """``build-finished``: write :data:`CSS` into the HTML output's ``_static`` folder."""
+    from pathlib import Path
+
+    if exception is None and app.builder.format == "html":
+        static = Path(app.outdir) / "_static"
+        static.mkdir(parents=True, exist_ok=True)
+        (static / "gdlab.css").write_text(CSS)
+
+
 def setup(app):
-    """Register the ``paper`` and ``fixed`` roles and the script de-duplication."""
+    """Register the roles, the stylesheet and the script de-duplication."""
+    app.add_css_file("gdlab.css")
+    app.connect("build-finished", write_css)
     app.add_role("paper", paper_role)
     app.add_role("fixed", fixed_role)
     app.connect("html-page-context", dedupe_scripts, priority=100)  # before any handler that returns a template (emit_firstresult)
