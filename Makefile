@@ -9,7 +9,7 @@ TORCH       ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv book test unit chapters paper html claims clean
+.PHONY: venv book test unit chapters paper html claims clean browser chromium
 
 venv: $(STAMP)
 
@@ -29,6 +29,7 @@ book: venv
 test: venv
 	$(BIN)/python -m pytest -q tests
 	$(BIN)/gdlab book --profile quick --validate
+	$(MAKE) browser
 
 unit: venv
 	$(BIN)/python -m pytest -q tests
@@ -43,6 +44,21 @@ html: venv
 
 claims: venv
 	$(BIN)/gdlab claims
+
+## browser: open every page of _build/html (built by `make book` or `make test`) in headless
+## Chromium: fails on a missing image, a broken link or anchor, a JavaScript error, a request to the
+## network, visible raw LaTeX, a code cell wider than the page, a chapter without its Colab link.
+## Screenshots in _build/screenshots. Skips, saying why, where Chromium cannot be installed.
+browser: venv chromium
+	$(BIN)/python -m gdlab.book.browser _build/html
+
+## chromium: Debian's chromium, installed with apt where this is Debian/Ubuntu as root (no browser download)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "chromium: apt-get install failed; the browser check will be skipped"; \
+	  else echo "chromium: not installed and cannot be installed here (needs apt-get as root); the browser check will be skipped"; fi; }
 
 clean:
 	rm -rf _build

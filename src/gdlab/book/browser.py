@@ -79,8 +79,10 @@ class PageReport:
 
 
 def find_chromium() -> str | None:
-    """The Chromium executable: ``$CHROMIUM``, else ``chromium`` / ``chromium-browser`` on the PATH."""
-    for cand in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser", "/usr/bin/chromium"):
+    """The Chromium executable: ``$CHROMIUM``, else Debian's ``chromium`` (or ``chromium-browser``,
+    or a Google Chrome as on GitHub's runners) on the PATH."""
+    for cand in (os.environ.get("CHROMIUM"), "chromium", "/usr/bin/chromium", "chromium-browser",
+                 "google-chrome", "google-chrome-stable"):
         if cand and (shutil.which(cand) or (os.path.isfile(cand) and os.access(cand, os.X_OK))):
             return shutil.which(cand) or cand
     return None
