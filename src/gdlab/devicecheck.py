@@ -680,15 +680,19 @@ def enable(device: str | torch.device, *, on_error: str = "raise") -> None:
     On a CPU run, tensors of the run's device are kept apart from host tensors (see the module
     docstring); on a CUDA/MPS run only lerp's host weights are checked. ``on_error="record"``
     collects every violation in :func:`violations` and carries on instead of raising (to survey
-    a whole chapter in one run). Enabling twice is an error; call :func:`disable` first.
+    a whole chapter in one run). Enabling it again (a notebook's setup cell run twice) keeps the
+    tags and takes the new device object when the device is the same; another device restarts it.
     """
-    if _state["mode"] is not None:
-        raise RuntimeError("the strict device mode is already on; call devicecheck.disable() first")
     if on_error not in ("raise", "record"):
         raise ValueError(f"parameter 'on_error': got {on_error!r}; allowed values are ['raise', 'record']")
+    dev = device if isinstance(device, torch.device) else torch.device(device)
+    if _state["mode"] is not None:
+        if _state["device"] == dev:
+            _state["device"], _state["on_error"] = dev, on_error
+            return
+        disable()
     _state["on_error"] = on_error
     _violations.clear()
-    dev = device if isinstance(device, torch.device) else torch.device(device)
     mode = _StrictMode() if dev.type == "cpu" else _LerpOnlyMode()
     _state["device"] = dev
     if dev.type == "cpu":
