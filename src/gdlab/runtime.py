@@ -22,6 +22,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from gdlab import devicecheck
+
 __all__ = ["PROFILES", "DTYPES", "MAX_SEED", "ParameterError", "ParameterTypeError", "check_choice",
            "check_int", "check_float", "check_sequence", "Int", "Float", "Ints", "Floats", "Choice", "Flag",
            "Text", "Params", "check_params", "pick_device", "pick_dtype", "seed_everything", "make_generator",
@@ -399,7 +401,9 @@ class Runtime:
         """
         offset = check_int("offset", offset, min=0)
         state = np.random.SeedSequence([self.seed, offset]).generate_state(1, dtype=np.uint64)[0]
-        return make_generator(int(state), self.device if device is None else device)
+        g = make_generator(int(state), self.device if device is None else device)
+        # the strict device check (gdlab.devicecheck) counts the run's generators as on the run's device
+        return devicecheck.mark_device_generator(g) if device is None or device is self.device else g
 
     @property
     def device_name(self) -> str:
