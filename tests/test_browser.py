@@ -36,7 +36,8 @@ BAD = """<!DOCTYPE html><html><head><title>bad</title>
 <p>Raw TeX: \\(\\eta\\lambda_{{\\max}} > 2\\)</p>
 <img src="missing.png" alt="gone">
 <a href="c.html">missing page</a> <a href="b.html#nowhere">missing anchor</a>
-<div class="cell" style="width: 300px"><div class="highlight"><pre>{long}</pre></div></div>
+<div class="cell" style="width: 300px"><div class="cell_input"><div class="highlight"><pre>{long}</pre></div></div>
+<div class="cell_output"><div class="highlight"><pre>{long} (an output may be wide)</pre></div></div></div>
 </body></html>"""
 
 PIXEL = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"

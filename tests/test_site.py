@@ -40,7 +40,7 @@ def test_status_page_shows_every_group_and_the_run():
     assert "- C3: needs the paper's width" in page and "gap\\|small" in page
     assert "| | control | gradient flow | | 0.5 | same criterion | fails (good) |" in page
     for text in ("profile `quick`", "seed 0", "device cpu", "commit `0123456789ab`", "torch 2.13.0",
-                 "wall time 105 s", "parameters: defaults"):
+                 "wall time: 105 s", "parameters: defaults"):
         assert text in page, text
     assert "**PASS**" in page and "**UNEXPECTED PASS**" in page  # the legend
 

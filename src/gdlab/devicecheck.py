@@ -132,7 +132,7 @@ def mark_device(t: Tensor) -> Tensor:
 
 
 def mark_device_generator(g: torch.Generator) -> torch.Generator:
-    """Count ``g`` as a generator on the run's device (what :meth:`Runtime.generator` makes); returns ``g``.
+    """Count ``g`` as a generator on the run's device (what :meth:`gdlab.runtime.Runtime.generator` makes); returns ``g``.
 
     Cheap and harmless when the mode is off, so the runtime calls it for every run generator.
     """

@@ -47,7 +47,7 @@ async () => {
   }
   if (document.fonts && document.fonts.ready) { await document.fonts.ready; }
   const body = document.body.cloneNode(true);
-  body.querySelectorAll('pre, code, script, style, noscript, mjx-container, mjx-assistive-mml, '
+  body.querySelectorAll('pre, code, script, style, noscript, mjx-container, mjx-assistive-mml, .sig, '
                         + '.highlight, .MathJax, .MathJax_Preview, [hidden], .visually-hidden, '
                         + 'template, .cell_output .output.text_plain, .output.stream')
       .forEach(e => e.remove());
@@ -61,7 +61,7 @@ async () => {
   const colab = Array.from(document.querySelectorAll('a[href]'))
       .some(a => a.href.includes('colab.research.google.com'));
   const figure = !!document.querySelector('figure, div.figure');
-  const wide = Array.from(document.querySelectorAll('div.cell div.highlight pre'))
+  const wide = Array.from(document.querySelectorAll('div.cell_input pre'))
       .filter(p => p.scrollWidth > p.clientWidth + 2)
       .map(p => Math.max(...p.textContent.split('\\n').map(l => l.length)));
   return {text, navTitles, ids, links, images, colab, figure, wide, title: document.title};

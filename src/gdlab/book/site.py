@@ -67,11 +67,21 @@ def _seeds_text(seeds: list) -> str:
     return ", ".join(map(str, seeds))
 
 
-def _rate_summary(summary: dict | None) -> str:
-    """"all 14 claims at 6 of 6 seeds" or "C3 at 5 of 6 seeds; 13 others at 6 of 6"."""
+def _summary(rows: list[dict]) -> str:
+    """:func:`gdlab.book.records.summary_line` without the groups a chapter does not have."""
+    text = summary_line(rows)
+    return text.replace("; 0 of 0 identities hold", "").replace("0 of 0 reproductions pass; ", "")
+
+
+def _wall(r0: dict) -> str:
+    return f"{fmt(r0['wall_time_s'])} s" if r0.get("wall_time_s") else "time not recorded"
+
+
+def _rate_summary(stem: str, summary: dict | None) -> str:
+    """"seeds 0-5: all 14 claims pass at every seed" or "seeds 0-5: C3 5/6; the other 13 pass at all 6"."""
     rates = _rates(summary)
     if not rates:
-        return "not run (`gdlab run NN --seeds 0-5 --save`)"
+        return f"not measured yet (`gdlab run {stem} --seeds 0-5 --save`)"
     full = [c for c in rates.values() if c["passes"] == c["runs"]]
     short = [c for c in rates.values() if c["passes"] != c["runs"]]
     runs = max(c["runs"] for c in rates.values())
@@ -117,7 +127,7 @@ def status_page(records: list[dict], seeds: dict[str, dict] | None = None,
     chapters = list(dict.fromkeys(r.get("chapter", "") for r in records))
     lines = ["# Reproduction status", "",
              "Every claim of the book, as measured in the runs this book was built from, and how often it "
-             f"passes when the chapter is rerun at other seeds. In all: **{summary_line(records)}**. "
+             f"passes when the chapter is rerun at other seeds. In all: **{_summary(records)}**. "
              "`gdlab claims` prints the same table in a terminal, and `gdlab run NN --seeds 0-5` reruns a "
              "chapter at six seeds.", ""]
     if chapters:
@@ -127,9 +137,9 @@ def status_page(records: list[dict], seeds: dict[str, dict] | None = None,
             r0 = rows[0]
             name = f"{{ref}}`{_md(titles.get(stem, stem))} <status-{stem}>`"
             stale = " (stale)" if stem in states and not states[stem][0] else ""
-            lines.append(f"| {name} | {_md(summary_line(rows))} | {_md(_rate_summary(seeds.get(stem)))}{stale} | "
+            lines.append(f"| {name} | {_md(_summary(rows))} | {_md(_rate_summary(stem, seeds.get(stem)))}{stale} | "
                          f"`{r0.get('profile')}`, seed {r0.get('seed')}, {_md(str(r0.get('device')))}, "
-                         f"{fmt(r0.get('wall_time_s'))} s |")
+                         f"{_wall(r0)} |")
         lines += ["", ":::", ""]
     lines += [f"- {item}" for item in LEGEND] + [""]
     for stem in chapters:
@@ -139,12 +149,12 @@ def status_page(records: list[dict], seeds: dict[str, dict] | None = None,
         title = titles.get(stem, stem)
         lines += [f"(status-{stem})=", f"## {title}", ""]
         if stem in titles:
-            lines += [f"The chapter: {{doc}}`{stem}`. {summary_line(rows)}.", ""]
+            lines += [f"The chapter: {{doc}}`{stem}`. {_summary(rows)}.", ""]
         else:
-            lines += [f"{summary_line(rows)}.", ""]
+            lines += [f"{_summary(rows)}.", ""]
         lines += [f"Run: profile `{r0.get('profile')}`, seed {r0.get('seed')}, parameters: {_md(params_text(r0))}, "
                   f"device {_md(str(r0.get('device')))}, commit `{(r0.get('commit') or '-')[:12]}`, "
-                  f"{_md(versions) or 'versions not recorded'}, wall time {fmt(r0.get('wall_time_s'))} s.", ""]
+                  f"{_md(versions) or 'versions not recorded'}, wall time: {_wall(r0)}.", ""]
         groups = [("Reproductions", [r for r in rows if r.get("kind", "reproduction") == "reproduction"
                                      and not r.get("not_reproduced")], True),
                   ("Declared not reproduced", [r for r in rows if r.get("not_reproduced")], True),

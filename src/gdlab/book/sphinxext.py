@@ -22,6 +22,8 @@ from __future__ import annotations
 __all__ = ["CSS", "paper_role", "fixed_role", "dedupe_scripts", "write_css", "setup"]
 
 #: The book's stylesheet, written to ``_static/gdlab.css``.
+#:
+#: :meta hide-value:
 CSS = """/* gdlab: code cells fit 90 characters in the text column (sphinx-book-theme, 1280 px screen) */
 div.cell div.highlight pre, div.cell_output pre, div.output pre {
   font-size: 0.75em; line-height: 1.45; padding-left: 0.75rem; padding-right: 0.75rem;
