@@ -93,6 +93,7 @@ def test_the_built_toy_book_passes_the_browser_check(tmp_path):
     assert not problems, problems
     page = (html / "01-toy.html").read_text()
     assert 'id="fig-toy-hist"' in page and "Fig. 1" in page  # the captioned, numbered figure
+    assert 'style="width: ' in page.split('id="fig-toy-hist"')[1][:2000]  # retina PNG shown at half size
     assert "_static/mathjax/tex-chtml.js" in page and (html / "_static" / "mathjax" / "tex-chtml.js").exists()
     assert (root / "_build" / "screenshots" / "01-toy-figure.png").exists()
     assert "Belkin" in (html / "bibliography.html").read_text()

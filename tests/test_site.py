@@ -99,3 +99,9 @@ def test_chapter_titles_come_from_the_sources():
     titles = site.chapter_titles(ROOT)
     assert list(titles) == [p.stem for p in sorted((ROOT / "book").glob("[0-9][0-9]-*.md"))]
     assert all(t and not t.startswith("#") for t in titles.values())
+
+
+def test_figure_format_is_a_no_op_outside_ipython():
+    from gdlab.notebook import figure_format
+
+    assert figure_format() is False  # pytest is not an IPython kernel; inside one it sets "retina"

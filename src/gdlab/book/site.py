@@ -73,6 +73,10 @@ def _summary(rows: list[dict]) -> str:
     return text.replace("; 0 of 0 identities hold", "").replace("0 of 0 reproductions pass; ", "")
 
 
+def _commit(r: dict) -> str:
+    return f"commit `{r['commit'][:12]}`" if r.get("commit") else "commit not recorded"
+
+
 def _wall(r0: dict) -> str:
     return f"{fmt(r0['wall_time_s'])} s" if r0.get("wall_time_s") else "time not recorded"
 
@@ -153,7 +157,7 @@ def status_page(records: list[dict], seeds: dict[str, dict] | None = None,
         else:
             lines += [f"{_summary(rows)}.", ""]
         lines += [f"Run: profile `{r0.get('profile')}`, seed {r0.get('seed')}, parameters: {_md(params_text(r0))}, "
-                  f"device {_md(str(r0.get('device')))}, commit `{(r0.get('commit') or '-')[:12]}`, "
+                  f"device {_md(str(r0.get('device')))}, {_commit(r0)}, "
                   f"{_md(versions) or 'versions not recorded'}, wall time: {_wall(r0)}.", ""]
         groups = [("Reproductions", [r for r in rows if r.get("kind", "reproduction") == "reproduction"
                                      and not r.get("not_reproduced")], True),
@@ -170,7 +174,7 @@ def status_page(records: list[dict], seeds: dict[str, dict] | None = None,
             summary = seeds[stem]
             current, why = states.get(stem, (True, ""))
             lines += [f"**Over seeds {_seeds_text(summary.get('seeds', []))}** (profile `{summary.get('profile')}`, "
-                      f"parameters: {_md(params_text(summary))}, commit `{(summary.get('commit') or '-')[:12]}`)", ""]
+                      f"parameters: {_md(params_text(summary))}, {_commit(summary)})", ""]
             if not current:
                 lines += [":::{warning}", f"These pass rates are stale: {why}. Rerun "
                           f"`gdlab run {stem} --seeds {_seeds_text(summary.get('seeds', []))} --save`.", ":::", ""]
