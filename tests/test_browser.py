@@ -97,3 +97,6 @@ def test_the_built_toy_book_passes_the_browser_check(tmp_path):
     assert "_static/mathjax/tex-chtml.js" in page and (html / "_static" / "mathjax" / "tex-chtml.js").exists()
     assert (root / "_build" / "screenshots" / "01-toy-figure.png").exists()
     assert "Belkin" in (html / "bibliography.html").read_text()
+    import re
+    text = " ".join(re.sub(r"<[^>]+>", "", page).split())
+    assert "It cites Belkin et al. (2019)" in text  # author-year citations in round brackets

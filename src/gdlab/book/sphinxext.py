@@ -13,13 +13,17 @@ It adds the book's small stylesheet (``_static/gdlab.css``): code cells in a fon
 line of :data:`gdlab.book.prose.MAX_CODE_LINE` characters fits the page's text column on a
 1280-pixel-wide screen, and figures no wider than the column.
 
+It registers the citation style ``author_year_round`` for sphinxcontrib-bibtex: author-year
+citations in round brackets, ``{cite:t}`` giving "Cohen et al. (2021)" and ``{cite:p}`` giving
+"(Cohen et al., 2021)".
+
 It also removes duplicated ``<script>`` entries from every page: sphinx-thebe adds its inline
 configuration once per reading phase, and a second copy is a JavaScript error
 ("Identifier 'THEBE_JS_URL' has already been declared") that the browser check catches.
 """
 from __future__ import annotations
 
-__all__ = ["CSS", "paper_role", "fixed_role", "dedupe_scripts", "write_css", "setup"]
+__all__ = ["CSS", "paper_role", "fixed_role", "dedupe_scripts", "write_css", "register_citation_style", "setup"]
 
 #: The book's stylesheet, written to ``_static/gdlab.css``.
 #:
@@ -72,8 +76,36 @@ def write_css(app, exception) -> None:
         (static / "gdlab.css").write_text(CSS)
 
 
+def register_citation_style() -> bool:
+    """Register ``author_year_round`` (sphinxcontrib-bibtex's author-year style with round brackets).
+    Returns False where sphinxcontrib-bibtex is not installed."""
+    try:
+        import sphinxcontrib.bibtex.plugin as plugin
+        from sphinxcontrib.bibtex.style.referencing import BracketStyle
+        from sphinxcontrib.bibtex.style.referencing.author_year import AuthorYearReferenceStyle
+    except ImportError:
+        return False
+    from dataclasses import dataclass, field
+
+    def round_brackets() -> BracketStyle:
+        return BracketStyle(left="(", right=")")
+
+    @dataclass
+    class AuthorYearRound(AuthorYearReferenceStyle):
+        bracket_parenthetical: BracketStyle = field(default_factory=round_brackets)
+        bracket_textual: BracketStyle = field(default_factory=round_brackets)
+        bracket_author: BracketStyle = field(default_factory=round_brackets)
+        bracket_label: BracketStyle = field(default_factory=round_brackets)
+        bracket_year: BracketStyle = field(default_factory=round_brackets)
+
+    plugin.register_plugin("sphinxcontrib.bibtex.style.referencing", "author_year_round", AuthorYearRound,
+                           force=True)
+    return True
+
+
 def setup(app):
-    """Register the roles, the stylesheet and the script de-duplication."""
+    """Register the roles, the citation style, the stylesheet and the script de-duplication."""
+    register_citation_style()
     app.add_css_file("gdlab.css")
     app.connect("build-finished", write_css)
     app.add_role("paper", paper_role)
