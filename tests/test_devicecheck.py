@@ -287,8 +287,8 @@ def test_enable_disable_and_the_context_manager():
 
 
 def test_run_generators_count_as_device_generators():
-    g_run, g_host = RT.generator(0), RT.generator(0, device="cpu")
     with strict_device(RT.device):
+        g_run, g_host = RT.generator(0), RT.generator(0, device="cpu")
         torch.randn(2, generator=g_run, device=g_run.device)
         torch.randn(2, generator=g_host)
         with pytest.raises(GeneratorDeviceError):

@@ -84,7 +84,7 @@ class GeneratorDeviceError(DeviceCheckError, RuntimeError):
 
 # ---------------------------------------------------------------- tags
 _host: dict[int, weakref.ref] = {}                       # id(tensor) -> weak reference, host tensors only
-_device_generators: "weakref.WeakSet[torch.Generator]" = weakref.WeakSet()
+_device_generators: dict[int, torch.Generator] = {}    # while the mode is on (torch < 2.12: no weakrefs)
 _host_devices: dict[int, torch.device] = {}              # torch.device objects returned by host .device
 _host_device_order: collections.deque = collections.deque()
 _HOST_DEVICES_KEPT = 4096
@@ -134,14 +134,16 @@ def mark_device(t: Tensor) -> Tensor:
 def mark_device_generator(g: torch.Generator) -> torch.Generator:
     """Count ``g`` as a generator on the run's device (what :meth:`Runtime.generator` makes); returns ``g``.
 
-    Cheap and harmless when the mode is off, so the runtime calls it for every run generator.
+    A no-op when the mode is off, so the runtime calls it for every run generator; generators
+    made before the mode is on count as host generators. The mode keeps them until it is disabled.
     """
-    _device_generators.add(g)
+    if _state["mode"] is not None:
+        _device_generators[id(g)] = g
     return g
 
 
 def _generator_side(g: torch.Generator) -> str:
-    return DEVICE if g in _device_generators else HOST
+    return DEVICE if _device_generators.get(id(g)) is g else HOST
 
 
 def _device_arg_side(dev: Any, fallback: str | None = None) -> str:
@@ -715,6 +717,7 @@ def disable() -> None:
         _host.clear()
         _host_devices.clear()
         _host_device_order.clear()
+        _device_generators.clear()
         _state["device"] = None
 
 
