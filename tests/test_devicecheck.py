@@ -128,6 +128,9 @@ def test_cuda_rules_that_allow_mixing():
         d[torch.tensor([0, 1])] = torch.tensor(7.0)          # 0-dim value by advanced indexing
         h.copy_(d)
         torch.lerp(d, d, 0.25)                               # a Python float weight
+        d.new_tensor(np.ones(5)) + d                          # new_tensor/torch.tensor copy their data
+        torch.tensor([d[0], d[1]]).numpy()                    # items of a list become host numbers
+        d.index_fill(0, torch.tensor([1], device=RT.device), torch.tensor(3.0))   # a 0-dim host value
         float(d.sum()), d.sum().item(), d.tolist(), repr(d)
         assert torch.zeros(5, device=h.device).add(h).numpy().shape == (5,)   # x.device of a host x
 

@@ -296,7 +296,7 @@ _GENERIC_NO_MIX_NAMES = (
     "row_stack", "block_diag", "cartesian_prod", "meshgrid", "matmul", "mm", "bmm", "mv", "dot",
     "vdot", "outer", "ger", "inner", "tensordot", "kron", "einsum", "index_select", "gather",
     "scatter", "scatter_", "scatter_add", "scatter_add_", "scatter_reduce", "scatter_reduce_",
-    "index_add", "index_add_", "index_copy", "index_copy_", "index_fill", "index_fill_", "take",
+    "index_add", "index_add_", "index_copy", "index_copy_", "take",
     "take_along_dim", "put", "put_", "searchsorted", "bucketize", "cdist", "embedding", "linear",
     "bilinear", "masked_select", "masked_scatter", "masked_scatter_")
 for _n in _GENERIC_NO_MIX_NAMES:
@@ -308,6 +308,7 @@ for _n in _GENERIC_NO_MIX_NAMES:
 _FACTORIES_FROM_DATA = {torch.tensor, torch.as_tensor, torch.asarray}
 _NEW = {getattr(torch.Tensor, n) for n in ("new_tensor", "new_zeros", "new_ones", "new_empty",
                                           "new_full", "new_empty_strided") if hasattr(torch.Tensor, n)}
+_FROM_DATA = _FACTORIES_FROM_DATA | _NEW      # copy their data to the target side: no mixing
 _LERP = {torch.lerp, torch.Tensor.lerp, torch.Tensor.lerp_}
 _FOREACH_LERP = {getattr(torch, n) for n in ("_foreach_lerp", "_foreach_lerp_") if hasattr(torch, n)}
 _KEEP_SELF = {torch.Tensor.copy_, torch.Tensor.set_}   # cross-device by design; self keeps its side
@@ -364,9 +365,9 @@ def _generic(func, args, kwargs):
             host = t
             if host_big is None and t.dim() > 0:
                 host_big = t
-    if host is None and tensors and not kwargs:
+    if host is None and tensors and not kwargs and func not in _FROM_DATA:
         return func(*args)                               # the common case: device tensors only
-    if dev is not None and host is not None:
+    if dev is not None and host is not None and func not in _FROM_DATA:
         if host_big is not None:
             _fail(_mix_error(func, dev, host_big, "CUDA refuses it ('Expected all tensors to be on "
                                                   "the same device'); only 0-dim host tensors may meet "
