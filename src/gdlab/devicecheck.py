@@ -35,6 +35,13 @@ In this mode, CUDA's rules apply (see :class:`DeviceMixError` and friends):
 instead of the tensor itself, so the original keeps its side. NumPy results are unchanged:
 only aliasing between the two sides differs from a plain CPU run, as it does on CUDA.
 
+Limits: tensors the mode never sees being made count as device tensors: batches from DataLoader
+worker processes (``num_workers > 0``), ``torch.load`` results (load with
+``map_location=rt.device`` and use ``.cpu()`` for NumPy), and ``from_numpy`` bound by
+``from torch import from_numpy`` before the mode was on. Ops allowed on CUDA with a 0-dim CPU
+tensor are modelled broadly (elementwise ops, reductions, ``where``); a few rarer ops that refuse
+even a CPU scalar on CUDA may pass here.
+
 Use it as ``with strict_device(rt.device): ...``, or ``enable(rt.device)`` / ``disable()``;
 ``gdlab.setup`` enables it when the environment variable ``GDLAB_STRICT_DEVICE=1`` is set
 (``gdlab run CHAPTER --strict-device``). With a run device other than the CPU the hardware
