@@ -36,6 +36,7 @@ from gdlab.sweep.engine import (ModuleFamily, Point, Result, SweepData, as_data,
 from gdlab.sweep.mlp import (MLPPoint, PointResult, data_fingerprint, init_mlp, load_result, run_sweep,
                              train_one)
 from gdlab.sweep.store import ENGINE_VERSION, Store
+from gdlab.sweep import models  # noqa: E402,F401
 
 __all__ = ["run", "grid", "Point", "Result", "SweepData", "as_data", "Store", "MLPPoint", "PointResult",
            "run_sweep", "train_one", "data_fingerprint", "load_result", "init_mlp", "ENGINE_VERSION"]

@@ -146,7 +146,7 @@ def _ray_options(device, ray_options) -> dict:
     return opts
 
 
-def _ray_train_group(family, data, points, keys, specs, device: str, dtype: str, store_path, checkpoint_every,
+def _ray_train_group(family, data, points, keys, specs, device: str, dtype: torch.dtype, store_path, checkpoint_every,
                      threads: int):
     """A Ray task: train one group on the worker and return its payloads."""
     torch.set_num_threads(max(1, threads))
@@ -172,7 +172,7 @@ def _run_ray(ray, family, points, keys, specs, groups, data, st, device, dtype, 
     pending = {}
     for g in groups:
         ref = task.remote(fam_ref, data_ref, [points[i] for i in g], [keys[i] for i in g], [specs[i] for i in g],
-                          str(device), str(dtype), store_path, checkpoint_every, threads)
+                          str(device), dtype, store_path, checkpoint_every, threads)
         pending[ref] = g
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
