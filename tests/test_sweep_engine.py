@@ -207,3 +207,26 @@ def test_cuda_engine_matches_cpu():
     gpu = sweep.run(CNN, F.cross_entropy, data, points, device="cuda", dtype="float64", show_progress=False)
     for a, b in zip(cpu, gpu):
         assert_close(a, b, 1e-8)
+
+
+def test_return_state_gives_the_trained_models_and_stores_them(tmp_path):
+    data = mixture()
+    points = grid(width=[3, 6], seed=[0, 1], lr=0.05, momentum=0.9, batch_size=16, epochs=2)
+    results = sweep.run(CNN, F.cross_entropy, data, points, dtype="float64", group_overhead=1e12,
+                        return_state=True, store=tmp_path, show_progress=False)
+    for p, r in zip(points, results):
+        net = r.model(CNN).double()
+        ref = train_reference(CNN, F.cross_entropy, data, p, dtype="float64")
+        with torch.no_grad():
+            err = float((net(data[2]).argmax(-1) != data[3]).double().mean())
+        assert abs(err - r.test_error[-1]) < 1e-12 and abs(err - ref.test_error[-1]) < 1e-12
+        assert (tmp_path / f"{r.key}.pt").is_file()
+    (tmp_path / f"{results[0].key}.pt").unlink()  # a missing state is recomputed when asked for
+    again = sweep.run(CNN, F.cross_entropy, data, points, dtype="float64", group_overhead=1e12,
+                      return_state=True, store=tmp_path, show_progress=False)
+    starts = [k for e in sweep.Store(tmp_path).read_journal() if e["event"] == "start" for k in e["keys"]]
+    assert starts.count(results[0].key) == 2 and len(starts) == 5
+    for a, b in zip(results, again):
+        assert all(torch.allclose(a.state[k], b.state[k], rtol=0, atol=1e-12) for k in a.state)
+    no_state = sweep.run(CNN, F.cross_entropy, data, points, dtype="float64", store=tmp_path, show_progress=False)
+    assert no_state[0].state is None

@@ -47,7 +47,7 @@ def run(model: Callable[..., torch.nn.Module], loss: Callable, data, points: Ite
         widths: str = "mask", metrics: Mapping[str, Callable] | None = None, tag: str | None = None,
         max_group_size: int | None = None, group_overhead: float | None = None,
         checkpoint_every: float | None = 120.0, executor: str = "local", ray_options: dict | None = None,
-        show_progress: bool = True) -> list[Result]:
+        return_state: bool = False, show_progress: bool = True) -> list[Result]:
     """Train a model for every point as one batched computation per group; results in input order.
 
     ``model``: a factory (a function or an ``nn.Module`` class) called as ``model(**point.model)``
@@ -68,7 +68,9 @@ def run(model: Callable[..., torch.nn.Module], loss: Callable, data, points: Ite
     interrupted sweep loses at most that much work. ``max_group_size`` caps the models per group;
     ``group_overhead`` is the fixed cost of a batched step in multiply-adds per sample (default
     2e4 on a CPU, 1e9 on a GPU; see :func:`gdlab.sweep.engine.plan_groups`). ``executor``:
-    ``"local"`` or ``"ray"`` (see :mod:`gdlab.sweep.executors`).
+    ``"local"`` or ``"ray"`` (see :mod:`gdlab.sweep.executors`). ``return_state=True`` keeps each
+    trained model's ``state_dict`` (``result.state``, ``result.model(factory)``; stored as
+    ``<key>.pt`` beside the entry).
     """
     from gdlab.sweep.executors import execute
 
@@ -79,7 +81,7 @@ def run(model: Callable[..., torch.nn.Module], loss: Callable, data, points: Ite
         if not isinstance(p, Point):
             raise TypeError(f"parameter 'points[{i}]': got {type(p).__name__}; expected a gdlab.sweep.Point "
                             "(make them with gdlab.sweep.grid)")
-    family = ModuleFamily(model, loss, metrics=metrics, widths=widths, tag=tag)
+    family = ModuleFamily(model, loss, metrics=metrics, widths=widths, tag=tag, return_state=return_state)
     return execute(family, points, as_data(data), store=store, device=device, dtype=dtype,
                    max_group_size=max_group_size, group_overhead=group_overhead, checkpoint_every=checkpoint_every,
                    executor=executor, ray_options=ray_options, show_progress=show_progress)

@@ -162,12 +162,22 @@ class Result:
     """Metrics of one trained point at ``epochs``: ``metrics["train_loss"]``, ``"test_loss"`` and,
     for classification, ``"train_error"``/``"test_error"`` (train metrics are measured on the
     training labels the model saw, noisy ones included), plus any custom metrics. They are also
-    attributes: ``result.test_error``."""
+    attributes: ``result.test_error``. ``state``: the trained model's ``state_dict`` (on the host),
+    when the sweep ran with ``return_state=True``; load it with :meth:`model`."""
 
     point: Point
     key: str
     epochs: list[int] = field(default_factory=list)
     metrics: dict[str, list[float]] = field(default_factory=dict)
+    state: dict[str, torch.Tensor] | None = None
+
+    def model(self, factory: Callable[..., torch.nn.Module]) -> torch.nn.Module:
+        """The trained model: ``factory(**point.model)`` with :attr:`state` loaded."""
+        if self.state is None:
+            raise ValueError("this result has no state: run the sweep with return_state=True")
+        net = factory(**self.point.model)
+        net.load_state_dict(self.state)
+        return net
 
     def __getattr__(self, name):
         metrics = self.__dict__.get("metrics", {})
@@ -344,7 +354,7 @@ class ModuleFamily:
     kind = "module"
 
     def __init__(self, model: Callable[..., torch.nn.Module], loss: Callable, *, metrics: Mapping | None = None,
-                 widths: str = "mask", tag: str | None = None):
+                 widths: str = "mask", tag: str | None = None, return_state: bool = False):
         if not callable(model):
             raise TypeError(f"parameter 'model': got {type(model).__name__}; expected a factory returning an nn.Module")
         if not callable(loss):
@@ -356,6 +366,7 @@ class ModuleFamily:
                 raise TypeError(f"parameter 'metrics[{k!r}]': expected fn(outputs, targets)")
         self.widths = check_choice("widths", widths, ("mask", "group"))
         self.tag = tag
+        self.return_state = bool(return_state)
         self._built: dict[str, torch.nn.Module] = {}
         self._flops: dict[str, float] = {}
 
@@ -416,7 +427,8 @@ class ModuleFamily:
                 "loss": _code_id(self.loss_fn), "metrics": {k: _code_id(f) for k, f in sorted(self.metrics.items())}}
 
     def result(self, point: Point, key: str, payload: dict) -> Result:
-        return Result(point, key, list(payload["epochs"]), {k: list(v) for k, v in payload["metrics"].items()})
+        return Result(point, key, list(payload["epochs"]), {k: list(v) for k, v in payload["metrics"].items()},
+                      payload.get("_state"))
 
     # ---- a batched group
     def batched(self, points: Sequence[Point], data: SweepData, device, dtype, generators=None) -> "_BatchedModules":
@@ -505,6 +517,14 @@ class _BatchedModules:
                     f"the group's largest model changes its outputs or gradients "
                     "(a normalization or reshape across a padded dimension?); use widths='group', which trains only "
                     "models of identical shapes together")
+
+    def state_of(self, params, m: int) -> dict[str, torch.Tensor]:
+        """Model ``m``'s parameters and buffers at its own shapes, on the host (a ``state_dict``)."""
+        own = dict(self.family.shapes(self.points[m]))
+        tensors = {**dict(zip(self.param_names, params)), **self.buffers}
+        member = self.family.build(self.points[m])
+        return {n: tensors[n][m][tuple(slice(0, s) for s in own[n])].detach().cpu().clone()
+                for n in member.state_dict()}
 
     # ---- functional pieces
     def _one(self, params, buffers, x):
@@ -784,10 +804,13 @@ def train_group(family, points: Sequence, keys: Sequence[str], data, device: tor
             last_save = time.monotonic()
 
     payloads = [family.payload(p, k, epochs_done, m) for p, k, m in zip(points, keys, metrics)]
+    if getattr(family, "return_state", False):
+        for m, pl in enumerate(payloads):
+            pl["_state"] = model.state_of(flat, m)
     if store is not None:
         if specs is not None:
             for k, s, pl in zip(keys, specs, payloads):
-                store.save(k, s, pl)
+                save_payload(store, k, s, pl)
         store.drop_partial(gid)
         store.journal("done", group=gid, keys=keys)
     return payloads
@@ -795,3 +818,19 @@ def train_group(family, points: Sequence, keys: Sequence[str], data, device: tor
 
 def _masked(grads, masks):
     return [g if mk is None else g * mk for g, mk in zip(grads, masks)]
+
+
+def save_payload(store: Store, key: str, spec: dict, payload: dict) -> None:
+    """Save a result (and its model state, if it carries one, as ``<key>.pt``; state first, so an
+    entry is never there without the state it was saved with)."""
+    if payload.get("_state") is not None:
+        store.save_state(key, payload["_state"])
+    store.save(key, spec, {k: v for k, v in payload.items() if k != "_state"})
+
+
+def load_payload(store: Store, key: str, spec: dict, with_state: bool) -> dict | None:
+    payload = store.load(key, spec)
+    if payload is None or not with_state:
+        return payload
+    state = store.load_state(key)
+    return None if state is None else {**payload, "_state": state}

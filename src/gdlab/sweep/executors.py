@@ -26,7 +26,8 @@ from typing import Sequence
 import torch
 
 from gdlab.runtime import check_choice, check_float, check_int, pick_device, pick_dtype, progress
-from gdlab.sweep.engine import SweepData, as_data, plan_groups, train_group, _sample_batch
+from gdlab.sweep.engine import (SweepData, as_data, load_payload, plan_groups, save_payload, train_group,
+                                _sample_batch)
 from gdlab.sweep.store import ENGINE_VERSION, Store, spec_key
 
 EXECUTORS = ("local", "ray")
@@ -62,7 +63,7 @@ def execute(family, points: Sequence, data: SweepData, *, store=None, device="cp
     if st is not None:
         st.clean()
         for k, s in dict(zip(keys, specs)).items():
-            r = st.load(k, s)
+            r = load_payload(st, k, s, getattr(family, "return_state", False))
             if r is not None:
                 payloads[k] = r
     todo_idx, seen = [], set()
@@ -179,7 +180,7 @@ def _run_ray(ray, family, points, keys, specs, groups, data, st, device, dtype, 
         g = pending.pop(done[0])
         out = ray.get(done[0])
         for i, payload in zip(g, out):
-            if st is not None and st.load(keys[i], specs[i]) is None:
-                st.save(keys[i], specs[i], payload)
+            if st is not None and load_payload(st, keys[i], specs[i], "_state" in payload) is None:
+                save_payload(st, keys[i], specs[i], payload)
             payloads[keys[i]] = payload
         bar.update(sum(points[i].epochs for i in g))

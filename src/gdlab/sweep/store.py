@@ -115,6 +115,20 @@ class Store:
             return []
         return sorted(p.stem for p in self.path.glob("*.json") if not p.name.startswith("."))
 
+    def save_state(self, key: str, state: dict) -> Path:
+        """A trained model's ``state_dict`` beside its entry, as ``<key>.pt`` (atomically)."""
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        return self._atomic_write(self.path / f"{key}.pt", buf.getvalue())
+
+    def load_state(self, key: str) -> dict | None:
+        path = self.path / f"{key}.pt"
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # missing, a directory, torn: recompute
+            return None
+        return state if isinstance(state, dict) else None
+
     # ------------------------------------------------------------ partial groups (checkpoints)
     def partial_path(self, group_id: str) -> Path:
         return self.path / ".partial" / f"{group_id}.pt"
