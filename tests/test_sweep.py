@@ -268,3 +268,21 @@ def test_cuda_engine_matches_cpu():
     gpu = run_sweep(points, data, None, device="cuda", dtype="float64", show_progress=False)
     for a, b in zip(cpu, gpu):
         assert_same(a, b, 1e-8)
+
+
+def test_ray_is_optional_and_imported_only_when_asked_for(monkeypatch):
+    code = textwrap.dedent("""
+        import sys, torch
+        from gdlab.data import gaussian_mixture
+        from gdlab.sweep import MLPPoint, run_sweep
+        data = gaussian_mixture(40, 6, 4, torch.Generator().manual_seed(0), n_test=10)
+        run_sweep([MLPPoint(width=3, epochs=1, batch_size=20)], data, None, show_progress=False)
+        print("ray" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
+    with pytest.raises(ImportError, match=r"gdlab\[ray\]"):
+        run_sweep([MLPPoint(width=3, epochs=1)], small_data(), None, executor="ray", show_progress=False)
+    with pytest.raises(ValueError, match="'executor'"):
+        run_sweep([MLPPoint(width=3, epochs=1)], small_data(), None, executor="dask", show_progress=False)

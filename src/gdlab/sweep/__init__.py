@@ -39,7 +39,8 @@ from gdlab.sweep.store import ENGINE_VERSION, Store
 from gdlab.sweep import models  # noqa: E402,F401
 
 __all__ = ["run", "grid", "Point", "Result", "SweepData", "as_data", "Store", "MLPPoint", "PointResult",
-           "run_sweep", "train_one", "data_fingerprint", "load_result", "init_mlp", "ENGINE_VERSION"]
+           "run_sweep", "train_one", "data_fingerprint", "load_result", "init_mlp", "plan_groups", "train_group",
+           "ModuleFamily", "models", "ENGINE_VERSION"]
 
 
 def run(model: Callable[..., torch.nn.Module], loss: Callable, data, points: Iterable[Point], *,

@@ -44,7 +44,6 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from gdlab.data import Split, label_noise as draw_label_noise
@@ -468,9 +467,15 @@ class _BatchedModules:
         self.param_names = [n for n, _ in self.template.named_parameters()]
         self.buffer_names = [n for n, _ in self.template.named_buffers()]
         members = [family.build(p) for p in self.points]
-        states = [_padded_state(m, shapes, device, dtype) for m in members]
-        self.params = [torch.stack([s[n] for s in states]).requires_grad_() for n in self.param_names]
-        self.buffers = {n: torch.stack([s[n] for s in states]) for n in self.buffer_names}
+        if all(family.shapes(p) == family.shapes(big) for p in self.points):
+            # one architecture: torch.func's own stacking
+            stacked, buffers = stack_module_state([copy.deepcopy(m).to(device=device, dtype=dtype) for m in members])
+            self.params = [stacked[n].detach().requires_grad_() for n in self.param_names]
+            self.buffers = {n: buffers[n] for n in self.buffer_names}
+        else:  # widths by masking: every model zero-padded to the largest one's shapes
+            states = [_padded_state(m, shapes, device, dtype) for m in members]
+            self.params = [torch.stack([s[n] for s in states]).requires_grad_() for n in self.param_names]
+            self.buffers = {n: torch.stack([s[n] for s in states]) for n in self.buffer_names}
         masks = []
         for n in self.param_names:
             full = shapes[n]

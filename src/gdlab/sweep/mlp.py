@@ -11,16 +11,14 @@ minibatch order, learning rate, momentum and weight decay.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 
-from gdlab.data import Split, label_noise
+from gdlab.data import label_noise
 from gdlab.runtime import check_float, check_int, pick_device, pick_dtype
 from gdlab.sweep.engine import SweepData, as_data
 from gdlab.sweep.store import ENGINE_VERSION, Store, spec_key
