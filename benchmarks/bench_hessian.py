@@ -89,6 +89,7 @@ def main():
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--tol", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--repeat", type=int, default=1, help="best of this many timings")
     ap.add_argument("--skip-trace-study", action="store_true")
     args = ap.parse_args()
     if args.threads:
@@ -117,7 +118,7 @@ def main():
     rows = {}
     for method in ("lanczos", "arpack"):
         (vals, _, info), dt = timed(lambda: hessian.top_eigenpairs(model, loss, (x, y), k=args.k, tol=args.tol,
-                                                                   method=method, return_info=True), device, 3)
+                                                                   method=method, return_info=True), device, args.repeat)
         rows[f"gdlab {method}"] = (dt, rel_err(vals, ref), info["hvps"])
     try:
         import numpy as np
@@ -129,7 +130,7 @@ def main():
                                       check_deterministic=False).to_scipy(dtype=np.float64)
             return eigsh(H, k=args.k, which="LA", tol=args.tol)[0]
 
-        vals, dt = timed(curv, device, 3)
+        vals, dt = timed(curv, device, args.repeat)
         rows["curvlinops + ARPACK"] = (dt, rel_err(vals, ref), None)
     except ImportError:
         print("  curvlinops not installed (bash benchmarks/install_bench.sh): skipped")
@@ -137,7 +138,7 @@ def main():
         from pyhessian import hessian as PyHessian
 
         comp = PyHessian(model, loss, data=(x, y), cuda=device.type == "cuda")
-        (vals, _), dt = timed(lambda: comp.eigenvalues(top_n=args.k, tol=args.tol, maxIter=1000), device, 3)
+        (vals, _), dt = timed(lambda: comp.eigenvalues(top_n=args.k, tol=args.tol, maxIter=1000), device, args.repeat)
         rows["PyHessian (power)"] = (dt, rel_err(vals, ref), None)
     except ImportError:
         print("  PyHessian not installed (bash benchmarks/install_bench.sh): skipped")
