@@ -287,7 +287,8 @@ class _Hessian:
             def loss(p):
                 return self.loss_fn(functional_call(self.model, p, args, kwargs), y)
 
-            hv = vmap(lambda t: jvp(grad(loss), (primal,), (t,))[1], randomness="same")(tangents)
+            with torch.no_grad():  # no outer graph: forward-over-reverse only (as curvlinops does)
+                hv = vmap(lambda t: jvp(grad(loss), (primal,), (t,))[1], randomness="same")(tangents)
             total += n * torch.cat([hv[k].reshape(V.shape[0], -1) for k in names], dim=1)
             count += n
         if count == 0:
