@@ -29,8 +29,10 @@ Pieces:
   forward-over-reverse ``jvp(grad(L))``). Measured (``benchmarks/bench_hessian.py``): for one
   vector, the cached double backward is the faster (``torch.func``'s ``jvp(grad)`` took 1.7x
   as long on fc-tanh [40, 200, 200, 10] with 1000 MNIST-1D samples and 4x on a 5k-parameter
-  network), so Lanczos uses it; for blocks of probes (Hutchinson, Hutch++), ``vmap`` is faster
-  per product.
+  network), so Lanczos uses it. For blocks of probes ``vmap`` was 1.2-1.3x faster per product,
+  but it fails on ``mse_loss`` (a forward-mode ZeroTensor error) and ignores parameters a loss
+  reads outside ``forward``, so it is opt-in (``backend="func"``); the default multiplies a block
+  by batched double backward.
 - :func:`top_eigenpairs` is Lanczos with full reorthogonalization on the device
   (``method="lanczos"``) or scipy's ARPACK ``eigsh`` on a ``LinearOperator``
   (``method="arpack"``). The default is our Lanczos, chosen by measurement: on fc-tanh
@@ -246,7 +248,9 @@ class _Hessian:
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
         """Rows ``H v_i`` for a block ``V`` (k, P)."""
         V = V.to(self.device, self.dtype)
-        if V.shape[0] == 1 or self.backend == "autograd":
+        # "auto" stays on double backward: torch.func only sees parameters used inside forward (a
+        # loss that reads model parameters itself, e.g. an L2 penalty, would silently lose them)
+        if V.shape[0] == 1 or self.backend in ("autograd", "auto"):
             out = self._matmat_autograd(V) if V.shape[0] > 1 else self(V[0]).unsqueeze(0)
             if V.shape[0] == 1:
                 self.hvps -= 1
@@ -359,7 +363,8 @@ def hvp(model: torch.nn.Module, loss_fn: LossFn, data, v: torch.Tensor, *, backe
     """Hessian-vector product ``H v`` of the mean training loss (Pearlmutter 1994); for a block
     ``v`` of shape (k, P), the k products as rows. ``backend``: ``"autograd"`` (double
     backward), ``"func"`` (``torch.func`` forward-over-reverse, ``vmap`` over a block) or
-    ``"auto"`` (double backward for one vector, ``torch.func`` for a block)."""
+    ``"auto"`` (double backward, batched for a block: correct for any loss, including one that reads
+    the model's parameters outside ``forward``, which ``torch.func`` would not differentiate)."""
     op = _Hessian(model, loss_fn, data, backend)
     _check_vector(v, op.size)
     if v.dim() == 2:
