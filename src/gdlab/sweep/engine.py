@@ -50,6 +50,23 @@ from gdlab.data import Split, label_noise as draw_label_noise
 from gdlab.runtime import check_choice, check_float, check_int
 from gdlab.sweep.store import ENGINE_VERSION, Store, spec_key, tensor_fingerprint
 
+__all__ = [
+    "OPTIMIZERS",
+    "Point",
+    "grid",
+    "Result",
+    "SweepData",
+    "as_data",
+    "point_labels",
+    "ModuleFamily",
+    "BatchedOptimizer",
+    "plan_groups",
+    "group_id",
+    "train_group",
+    "save_payload",
+    "load_payload",
+]
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 

@@ -30,6 +30,8 @@ from gdlab.sweep.engine import (SweepData, as_data, load_payload, plan_groups, s
                                 _sample_batch)
 from gdlab.sweep.store import ENGINE_VERSION, Store, spec_key
 
+__all__ = ["EXECUTORS", "execute"]
+
 EXECUTORS = ("local", "ray")
 
 

@@ -23,6 +23,17 @@ from gdlab.runtime import check_float, check_int, pick_device, pick_dtype
 from gdlab.sweep.engine import SweepData, as_data
 from gdlab.sweep.store import ENGINE_VERSION, Store, spec_key
 
+__all__ = [
+    "MLPPoint",
+    "PointResult",
+    "data_fingerprint",
+    "load_result",
+    "init_mlp",
+    "MLPFamily",
+    "run_sweep",
+    "train_one",
+]
+
 
 # ---------------------------------------------------------------- configuration
 @dataclass(frozen=True)

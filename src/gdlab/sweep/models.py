@@ -6,6 +6,8 @@ import torch
 
 from gdlab.runtime import check_choice, check_int
 
+__all__ = ["ACTIVATIONS", "MLP", "CNN1d"]
+
 ACTIVATIONS = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "gelu": torch.nn.GELU, "sigmoid": torch.nn.Sigmoid}
 
 

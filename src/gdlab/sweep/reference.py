@@ -15,6 +15,8 @@ from gdlab.runtime import pick_device, pick_dtype
 from gdlab.sweep.engine import Point, Result, _loader_epoch, _seeded, as_data, point_labels
 from gdlab.sweep.store import spec_key
 
+__all__ = ["train_reference"]
+
 
 def train_reference(model: Callable[..., torch.nn.Module], loss: Callable, data, point: Point, *,
                     device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",

@@ -35,6 +35,16 @@ from typing import Any
 
 import torch
 
+__all__ = [
+    "ENGINE_VERSION",
+    "STALE_AFTER_S",
+    "canonical",
+    "spec_key",
+    "normalized",
+    "tensor_fingerprint",
+    "Store",
+]
+
 ENGINE_VERSION = 2  # bump when a change alters the numbers a point produces
 STALE_AFTER_S = 600.0  # a temporary file this old belongs to a dead writer (a write takes milliseconds)
 
