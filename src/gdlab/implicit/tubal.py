@@ -88,6 +88,14 @@ class TubalRun:
     X: torch.Tensor
 
 
+def residual(problem: TubalProblem, X: torch.Tensor) -> torch.Tensor:
+    """Relative measurement residual ``||<A_i, X> - y|| / ||y||`` for X (trials, ..., n, n, k): (trials, ...)."""
+    extra = X.dim() - 4
+    Xf = X.flatten(-3).flatten(1, extra) if extra > 0 else X.flatten(-3).unsqueeze(1)
+    r = torch.einsum("tmp,tbp->tbm", problem.A.flatten(-3), Xf) - problem.y.unsqueeze(1)
+    out = r.norm(dim=-1) / problem.y.norm(dim=-1, keepdim=True)
+    return out.view(X.shape[:-3])
+
 def _parseval_weights(k: int, dtype, device) -> torch.Tensor:
     """Weights w_f with ``<a, b> = (1/k) sum_f w_f Re(rfft(a)_f conj(rfft(b)_f))`` for real tubes of length k."""
     w = torch.full((k // 2 + 1,), 2.0, dtype=dtype, device=device)
