@@ -172,6 +172,14 @@ class SoudryAsymptotics:
         return float((self.w_tilde - u * (u @ self.w_tilde)).norm() / self.w_hat.norm())
 
 
+def fit_scale(values: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+    """The member ``c * shape`` of a one-parameter family closest to ``values`` in log scale
+    (``log c = mean(log values - log shape)``): the best-fitting alternative curve, e.g. a gap decaying
+    like ``t^-0.2`` or a constant."""
+    c = torch.exp((torch.log(values) - torch.log(shape)).mean())
+    return c * shape
+
+
 def soudry_asymptotics(a: torch.Tensor, y: torch.Tensor, gamma: float, *, margin_tol: float = 1e-6) -> SoudryAsymptotics:
     """:class:`SoudryAsymptotics` for LR+GD with step ``gamma`` on the mean loss, from the SVM alone.
 

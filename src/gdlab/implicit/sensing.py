@@ -280,6 +280,17 @@ def loglog_slope(steps: torch.Tensor, values: torch.Tensor, start: int, stop: in
     return ((y - y.mean(-1, keepdim=True)) * x).sum(-1) / (x * x).sum()
 
 
+def late_loglog_slope(steps: torch.Tensor, values: torch.Tensor, *, floor: float = 1e-10,
+                      start: float = 0.1) -> torch.Tensor:
+    """Log-log slope per row of ``values`` (B, T) over ``[start t_end, t_end]``, ``t_end`` the last logged step
+    above ``floor``: about -1 for an error decaying like 1/t (Xiong et al. 2023, symmetric k > r), and steep
+    (about ``-rate t_end``) for linear convergence, whose window ends where round-off begins."""
+    start = check_float("start", start, min=0.0, max=1.0, open_min=True)
+    rows = values.detach().cpu()
+    return torch.stack([loglog_slope(steps, row[None], max(1, int(start * t)), t)[0]
+                        for row in rows for t in [_last_step_above(steps, row, floor)]])
+
+
 def linear_rate(steps: torch.Tensor, values: torch.Tensor, start: int, stop: int | None = None, *,
                 floor: float = 1e-12) -> torch.Tensor:
     """Least-squares slope of ``log values`` against ``steps`` over [start, stop] (a linear-convergence
