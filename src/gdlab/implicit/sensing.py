@@ -61,6 +61,7 @@ def gaussian_measurements(m: int, d: int, generator: torch.Generator, *, symmetr
 def low_rank_target(d: int, sigma, generator: torch.Generator, *, dtype=torch.float64, device=None):
     """``X* = V diag(sigma) V^T`` with a uniformly random orthonormal ``V`` (d x r). Returns (X*, V)."""
     d = check_int("d", d, min=1)
+    device = generator.device if device is None else device
     sigma = torch.as_tensor(check_sequence("sigma", sigma, lambda n, v: check_float(n, v, min=0.0, open_min=True)),
                             dtype=dtype, device=device)
     if len(sigma) > d:
@@ -73,6 +74,7 @@ def sensing_problem(d: int, sigma, m: int, generator: torch.Generator, *, symmet
                     dtype=torch.float64, device=None) -> SensingProblem:
     """A random rank-``len(sigma)`` PSD target and ``m`` Gaussian measurements of it
     (symmetric ones by default; see :func:`gaussian_measurements`)."""
+    device = generator.device if device is None else device
     X_star, V = low_rank_target(d, sigma, generator, dtype=dtype, device=device)
     A = gaussian_measurements(m, d, generator, symmetric=symmetric, dtype=dtype, device=device)
     sigma_t = torch.as_tensor(sigma, dtype=dtype, device=device)
