@@ -204,13 +204,17 @@ class Solution:
     nuclear: torch.Tensor
 
 
-def describe(problem: SensingProblem, X: torch.Tensor, rtol: float = 1e-3) -> Solution:
-    """:class:`Solution` statistics of ``X`` (..., d, d), on the device of ``X``."""
+def describe(problem: SensingProblem, X: torch.Tensor, rtol: float = 1e-3,
+             threshold: float | None = None) -> Solution:
+    """:class:`Solution` statistics of ``X`` (..., d, d), on the device of ``X``. The rank counts singular
+    values above ``threshold`` if given, else above ``rtol`` times the largest."""
     rtol = check_float("rtol", rtol, min=0.0, open_min=True)
     s = torch.linalg.svdvals(X)
+    cut = (rtol * s.amax(-1, keepdim=True) if threshold is None
+           else check_float("threshold", threshold, min=0.0, open_min=True))
     return Solution(residual=torch.linalg.vector_norm(measure(problem.A, X) - problem.y, dim=-1) / problem.y.norm(),
                     error=torch.linalg.matrix_norm(X - problem.X_star) / torch.linalg.matrix_norm(problem.X_star),
-                    rank=(s > rtol * s.amax(-1, keepdim=True)).sum(-1), nuclear=s.sum(-1))
+                    rank=(s > cut).sum(-1), nuclear=s.sum(-1))
 
 
 def min_nuclear_norm_psd(problem: SensingProblem, *, solver: str = "CLARABEL") -> torch.Tensor:

@@ -98,7 +98,8 @@ class ProjectedRun:
     """One SGD variant (``mode``) from a common start: full-data ``loss`` at ``steps``; at every subspace
     refresh, the full-batch gradient ``fraction`` in the current top-k eigenspace and, for the SGD run,
     ``fraction_next`` in the span of eigenvectors k+1..2k; the top-k spaces at the first and last refresh
-    (``first``, ``last``) and the next-k spaces (``first_next``, ``last_next``; SGD run only)."""
+    (``first``, ``last``), the next-k spaces (``first_next``, ``last_next``; SGD run only) and the
+    unit full-batch gradients there (``first_grad``, ``last_grad``)."""
 
     mode: str
     steps: list = field(default_factory=list)
@@ -109,6 +110,8 @@ class ProjectedRun:
     last: torch.Tensor | None = None
     first_next: torch.Tensor | None = None
     last_next: torch.Tensor | None = None
+    first_grad: torch.Tensor | None = None
+    last_grad: torch.Tensor | None = None
 
 
 def projected_sgd(model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, *, modes=("sgd", "dom", "bulk"),
@@ -151,6 +154,9 @@ def projected_sgd(model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.Ten
                         run.last_next = V[k:]
                     run.first = V[:k] if run.first is None else run.first
                     run.last = V[:k]
+                    unit = (grad / grad.norm()).unsqueeze(0)
+                    run.first_grad = unit if run.first_grad is None else run.first_grad
+                    run.last_grad = unit
                     V = V[:k]
                 if t == steps:
                     break

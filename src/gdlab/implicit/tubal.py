@@ -42,11 +42,13 @@ def fourier_singular_values(X: torch.Tensor) -> torch.Tensor:
     return torch.linalg.svdvals(Xf)
 
 
-def tubal_rank(X: torch.Tensor, rtol: float = 1e-3) -> torch.Tensor:
-    """Largest number of Fourier-slice singular values above ``rtol`` times the largest one."""
+def tubal_rank(X: torch.Tensor, rtol: float = 1e-3, threshold: float | None = None) -> torch.Tensor:
+    """Largest number of Fourier-slice singular values above ``threshold`` if given, else above ``rtol``
+    times the largest one."""
     s = fourier_singular_values(X)
-    top = s.amax(dim=(-2, -1), keepdim=True)
-    return (s > rtol * top).sum(-1).amax(-1)
+    cut = rtol * s.amax(dim=(-2, -1), keepdim=True) if threshold is None else check_float(
+        "threshold", threshold, min=0.0, open_min=True)
+    return (s > cut).sum(-1).amax(-1)
 
 
 @dataclass
