@@ -28,6 +28,13 @@ from gdlab.double_descent import min_norm_solution  # noqa: F401  (the pseudo-in
 from gdlab.implicit._threads import single_threaded
 from gdlab.runtime import check_choice, check_float, check_int, progress
 
+__all__ = [
+    "SparseRegression", "sparse_regression", "beta_of", "trace_hessian", "per_sample_hessians",
+    "train_loss", "batch_weights", "sgd_step", "DiagonalRun", "train", "flow_step_sizes",
+    "diagonal_gd", "q", "Q_alpha", "q_alpha_minimizer", "min_l1_solution", "SaddlePath",
+    "saddle_to_saddle", "saddle_tracking", "min_norm_solution",
+]
+
 
 # ------------------------------------------------------------------------------------------ data
 @dataclass

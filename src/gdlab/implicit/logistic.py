@@ -2,6 +2,7 @@
 
 Notation follows Tyurin 2024: samples ``a_i`` with labels ``y_i in {-1, +1}``, the loss
 ``f(theta) = (1/n) sum_i log(1 + exp(-y_i a_i^T theta))`` and GD ``theta_{t+1} = theta_t - gamma grad f``.
+
 - Soudry et al. 2018 (Thm. 3): with a small step, ``theta_t / ||theta_t||`` tends to the hard-margin
   SVM direction at rate ``O(1 / ln t)``, and the loss falls like ``O(1 / t)``.
 - Tyurin 2024 (Thm. 3.2): as ``gamma -> inf``, ``theta_t / gamma`` tends to the Batch Perceptron iterate.
@@ -18,6 +19,14 @@ import torch
 
 from gdlab.implicit._threads import single_threaded
 from gdlab.runtime import check_float, check_int, check_sequence, progress
+
+__all__ = [
+    "logistic_loss", "logistic_grad", "accuracy", "Trajectory", "logistic_gd",
+    "batch_perceptron", "iterations_to_separate", "svm_direction", "SoudryAsymptotics",
+    "fit_scale", "soudry_asymptotics", "normalized_margin", "direction_gap",
+    "tyurin_theorem_41_data", "tyurin_theorem_51_data", "generic_separable_data",
+    "soudry_figure1_data",
+]
 
 
 def _signed(a: torch.Tensor, y: torch.Tensor, *, batched: bool = False) -> torch.Tensor:

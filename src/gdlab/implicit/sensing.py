@@ -21,6 +21,13 @@ import torch
 from gdlab.implicit._threads import single_threaded
 from gdlab.runtime import check_float, check_int, check_sequence, progress
 
+__all__ = [
+    "SensingProblem", "gaussian_measurements", "low_rank_target", "sensing_problem", "measure",
+    "adjoint", "SensingRun", "symmetric_gd", "asymmetric_gd", "Solution", "describe",
+    "min_nuclear_norm_psd", "best_rank_s_fit", "stage_time_formula", "stage_times",
+    "loglog_slope", "late_loglog_slope", "linear_rate", "late_rate", "late_rate_ratio",
+]
+
 
 @dataclass
 class SensingProblem:

@@ -15,6 +15,11 @@ from gdlab.implicit._threads import single_threaded
 from gdlab.runtime import check_choice, check_float, check_int, check_sequence
 from gdlab.train import fit
 
+__all__ = [
+    "gradient_fraction", "subspace_overlap", "SubspaceRun", "track_gradient_subspace",
+    "ProjectedRun", "projected_sgd",
+]
+
 
 def gradient_fraction(gradient: torch.Tensor, eigenvectors: torch.Tensor) -> float:
     """``||P_k g||^2 / ||g||^2`` for the span of orthonormal rows ``eigenvectors`` (k, P)

@@ -20,6 +20,11 @@ import torch
 from gdlab.implicit._threads import single_threaded
 from gdlab.runtime import check_float, check_int, check_sequence, progress
 
+__all__ = [
+    "t_product", "t_transpose", "fourier_singular_values", "tubal_rank", "TubalProblem",
+    "tubal_problem", "TubalRun", "residual", "tubal_gd",
+]
+
 
 def t_product(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     """``A * B`` for A (..., n1, n2, k) and B (..., n2, n3, k), by FFT along the last (third) mode."""
