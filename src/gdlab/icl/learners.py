@@ -59,17 +59,44 @@ def averaging_weights(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def ridge_weights(x: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
-    """w_hat = (X^T X + lam I)^-1 X^T y (Akyürek et al. 2022); lam = 0 gives min-norm least squares."""
+    """w_hat = (X^T X + lam I)^-1 X^T y (Akyürek et al. 2022); lam = 0 gives min-norm least squares.
+
+    Solved on the smaller Gram matrix: the d x d one, or for k < d the k x k one through the identity
+    (X^T X + lam I)^-1 X^T = X^T (X X^T + lam I)^-1.
+    """
     lam = check_float("lam", lam, min=0.0)
     if lam == 0:
         return ols_weights(x, y)
-    gram = x.transpose(-1, -2) @ x + lam * torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
-    return torch.linalg.solve(gram, (x.transpose(-1, -2) @ y.unsqueeze(-1))).squeeze(-1)
+    return _gram_solve(x, y, lam)
 
 
 def ols_weights(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Minimum-norm least squares, w_hat = X^+ y (Garg et al. 2022)."""
-    return (torch.linalg.pinv(x) @ y.unsqueeze(-1)).squeeze(-1)
+    """Minimum-norm least squares, w_hat = X^+ y (Garg et al. 2022's "least squares").
+
+    Through the normal equations on the small Gram matrix: (X^T X)^-1 X^T y when k >= d, X^T (X X^T)^-1 y when
+    k < d (both equal X^+ y for full-rank X, which Gaussian inputs give with probability one). Batched small
+    solves instead of a batched pseudo-inverse, whose SVD is slow on GPUs for many small matrices.
+    """
+    return _gram_solve(x, y, 0.0)
+
+
+def _gram_solve(x: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
+    k, d = x.shape[-2], x.shape[-1]
+    xt = x.transpose(-1, -2)
+    if k >= d:
+        gram = xt @ x + lam * torch.eye(d, dtype=x.dtype, device=x.device)
+        return torch.linalg.solve(gram, xt @ y.unsqueeze(-1)).squeeze(-1)
+    gram = x @ xt + lam * torch.eye(k, dtype=x.dtype, device=x.device)
+    return (xt @ torch.linalg.solve(gram, y.unsqueeze(-1))).squeeze(-1)
+
+
+def knn_predict(x: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """Mean label of the k context points nearest to the query (all of them if fewer); Garg et al. 2022's
+    "3-nearest neighbours" baseline. x (..., N, d), y (..., N), x_query (..., d) -> (...)."""
+    k = min(check_int("k", k, min=1), x.shape[-2])
+    dist = (x - x_query.unsqueeze(-2)).pow(2).sum(-1)
+    idx = dist.topk(k, dim=-1, largest=False).indices
+    return y.gather(-1, idx).mean(-1)
 
 
 def predict(weights: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
@@ -153,8 +180,11 @@ def ahn_preconditioner(covariance: torch.Tensor, n: int) -> torch.Tensor:
 def garg_baselines(k: np.ndarray | Sequence[int], d: int) -> dict[str, np.ndarray]:
     """Expected normalized error E (y_hat - w.x)^2 / d after k points, x, w ~ N(0, I_d), no noise.
 
-    averaging: (d+1)/k; min-norm least squares: max(0, 1 - k/d); one tuned GD step: (d+1)/(k+d+1)
-    (Garg et al. 2022, Sec. 3 and App.).
+    averaging: (d+1)/k; min-norm least squares: max(0, 1 - k/d); one GD step with the best step size
+    eta* = k/(k+d+1): (d+1)/(k+d+1). Averaging and least squares are Garg et al. 2022's baselines; the tuned
+    one-step GD is the learner of von Oswald et al. 2022, with the Gaussian-data step of Mahankali et al. 2023.
+    Derivation: with A = (1/k) sum_i x_i x_i^T, E A^2 = (1 + (d+1)/k) I, so E||(eta A - I) w||^2 / d
+    = 1 - 2 eta + eta^2 (1 + (d+1)/k); eta = 1 gives averaging and eta* the tuned step.
     """
     d = check_int("d", d, min=1)
     k = np.asarray(k, dtype=float)
@@ -183,9 +213,14 @@ def prefix_predictions(x: torch.Tensor, y: torch.Tensor, weights_fn) -> torch.Te
 
     ``weights_fn(x_prefix, y_prefix) -> w_hat`` is any learner above (Garg et al. 2022's evaluation).
     """
+    return prefix_apply(x, y, lambda xp, yp, xq: predict(weights_fn(xp, yp), xq))
+
+
+def prefix_apply(x: torch.Tensor, y: torch.Tensor, predict_fn) -> torch.Tensor:
+    """Like :func:`prefix_predictions` for any ``predict_fn(x_prefix, y_prefix, x_query) -> y_hat`` (e.g. k-NN)."""
     out = [torch.zeros_like(y[..., 0])]
     for k in range(1, x.shape[-2]):
-        out.append(predict(weights_fn(x[..., :k, :], y[..., :k]), x[..., k, :]))
+        out.append(predict_fn(x[..., :k, :], y[..., :k], x[..., k, :]))
     return torch.stack(out, dim=-1)
 
 

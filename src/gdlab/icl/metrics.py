@@ -54,5 +54,7 @@ def ilwd(w_a: torch.Tensor, w_b: torch.Tensor) -> torch.Tensor:
 
 
 def interpolate(a: torch.Tensor, b: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
-    """(1 - alpha) a + alpha b, the path between constructed and trained weights (von Oswald et al. 2022, Fig. 2)."""
-    return torch.lerp(a, b, alpha)
+    """(1 - alpha) a + alpha b, the path between constructed and trained weights (von Oswald et al. 2022, Fig. 2).
+
+    Written out rather than ``torch.lerp``, which rejects a CPU weight for CUDA tensors in older torch releases."""
+    return a + float(alpha) * (b - a)

@@ -128,9 +128,17 @@ class CausalTransformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (M, B, T, d+1) -> outputs (M, B, T)."""
+        h = self.hidden_states(tokens)[-1]
+        h = _layer_norm(h, self.ln_f_w, self.ln_f_b)
+        return _linear(h, self.read_out_w, self.read_out_b).squeeze(-1)
+
+    def hidden_states(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """The residual stream after the embedding and after each block: depth + 1 tensors (M, B, T, width)
+        (what Akyürek et al. 2022, Sec. 5, probe)."""
         c = self.config
         M, B, T, _ = tokens.shape
         h = _linear(tokens, self.read_in_w, self.read_in_b) + self.positions[:, None, :T]
+        out = [h]
         for p in self.blocks:
             a = _linear(_layer_norm(h, p["ln1_w"], p["ln1_b"]), p["qkv_w"], p["qkv_b"])
             q, k, v = (t.reshape(M, B, T, c.heads, -1).transpose(-3, -2) for t in a.chunk(3, dim=-1))
@@ -138,8 +146,8 @@ class CausalTransformer(nn.Module):
             h = h + _linear(att.transpose(-3, -2).reshape(M, B, T, c.width), p["proj_w"], p["proj_b"])
             m = F.gelu(_linear(_layer_norm(h, p["ln2_w"], p["ln2_b"]), p["fc_w"], p["fc_b"]))
             h = h + _linear(m, p["out_w"], p["out_b"])
-        h = _layer_norm(h, self.ln_f_w, self.ln_f_b)
-        return _linear(h, self.read_out_w, self.read_out_b).squeeze(-1)
+            out.append(h)
+        return out
 
     def predict_all(self, tasks: RegressionTasks) -> torch.Tensor:
         """Prediction of y_k from the first k points and x_k, for k = 0..n-1: tasks (M, B, ...) -> (M, B, n)."""
