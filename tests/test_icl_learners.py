@@ -98,3 +98,24 @@ def test_prefix_predictions_match_direct_computation():
     torch.testing.assert_close(pred[:, 3], direct)
     w = learners.tuned_one_step_weights(t.x, t.y, 0.5)
     torch.testing.assert_close(w, learners.mahankali_step_size(5, 3, 0.5) * learners.averaging_weights(t.x, t.y))
+
+
+@settings(max_examples=25, deadline=None)
+@given(d=st.integers(1, 6), k=st.integers(1, 9), lam=st.sampled_from([0.0, 0.1, 3.0]), seed=st.integers(0, 1000))
+def test_gram_solves_equal_the_pseudo_inverse_and_ridge(d, k, lam, seed):
+    t = _tasks(4, k, d, seed)
+    if lam == 0:
+        expected = (torch.linalg.pinv(t.x) @ t.y.unsqueeze(-1)).squeeze(-1)
+    else:
+        gram = t.x.transpose(-1, -2) @ t.x + lam * torch.eye(d, dtype=F64)
+        expected = torch.linalg.solve(gram, t.x.transpose(-1, -2) @ t.y.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(learners.ridge_weights(t.x, t.y, lam), expected, rtol=1e-7, atol=1e-8)
+
+
+def test_knn_predict_and_prefix_apply():
+    x = torch.tensor([[[0.0], [1.0], [2.0], [10.0]]])
+    y = torch.tensor([[0.0, 1.0, 2.0, 10.0]])
+    assert float(learners.knn_predict(x, y, torch.tensor([[1.2]]), k=3)) == pytest.approx(1.0)
+    assert float(learners.knn_predict(x[:, :2], y[:, :2], torch.tensor([[9.0]]), k=3)) == pytest.approx(0.5)
+    pred = learners.prefix_apply(x, y, learners.knn_predict)
+    torch.testing.assert_close(pred, torch.tensor([[0.0, 0.0, 0.5, 1.0]]))

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import torch
 
-from gdlab.runtime import check_float, check_int
+from gdlab.runtime import check_choice, check_float, check_int
 
 
 def lsa_forward(tokens: torch.Tensor, value: torch.Tensor, key_query: torch.Tensor) -> torch.Tensor:
@@ -150,19 +150,22 @@ def align_scale(value: torch.Tensor, key_query: torch.Tensor) -> tuple[torch.Ten
 
 
 def train_lsa(value: torch.Tensor, key_query: torch.Tensor, sample, steps: int, *, lr: float = 1e-3,
-              cooldown: float = 0.25, log_every: int = 10, clip_norm: float | None = None,
+              schedule: str = "cosine", log_every: int = 10, clip_norm: float | None = None,
               repeat: int | None = None):
     """Adam on the query loss 1/2 (y_hat - y_q)^2 with fresh tasks each step (von Oswald et al. 2022, Sec. 3).
 
     ``sample(step)`` returns RegressionTasks of shape (*models, B, …) matching the parameters' leading
     dimensions. The per-model mean losses are summed, so every model follows its own gradient (and no
-    gradient clipping couples them); the logged loss is the mean over models. The last ``cooldown``
-    fraction of steps runs at lr / 10. ``clip_norm`` clips the global gradient norm, which couples the
-    models, so use it for one model at a time (deep LSAs need it). ``repeat=K`` trains a recurrent LSA:
-    the one stored layer is applied K times (:func:`recurrent`). Returns the :class:`gdlab.train.History`.
+    gradient clipping couples them); the logged loss is the mean over models. ``schedule="cosine"`` warms
+    the learning rate up over the first 5 % of steps and decays it to zero on a cosine, which leaves far less
+    gradient noise in the final weights than a constant rate; ``"cooldown"`` runs the last quarter at lr / 10.
+    ``clip_norm`` clips the global gradient norm, which couples the models, so use it for one model at a time
+    (deep LSAs need it). ``repeat=K`` trains a recurrent LSA: the one stored layer is applied K times
+    (:func:`recurrent`). Returns the :class:`gdlab.train.History`.
     """
-    from gdlab.icl.training import fit_with_cooldown
+    from gdlab.icl.training import fit_warmup_cosine, fit_with_cooldown
 
+    check_choice("schedule", schedule, ("cosine", "cooldown"))
     models = value.shape[:-3].numel()
 
     def loss_fn(step):
@@ -171,8 +174,8 @@ def train_lsa(value: torch.Tensor, key_query: torch.Tensor, sample, steps: int, 
         pred = lsa_predict(tasks.tokens(), *layers)
         return 0.5 * (pred - tasks.y_query).pow(2).mean(-1).sum()
 
-    history = fit_with_cooldown([value, key_query], loss_fn, steps, lr=lr, cooldown=cooldown, log_every=log_every,
-                                clip_norm=clip_norm)
+    train = fit_warmup_cosine if schedule == "cosine" else fit_with_cooldown
+    history = train([value, key_query], loss_fn, steps, lr=lr, log_every=log_every, clip_norm=clip_norm)
     history.loss = [loss / models for loss in history.loss]
     return history
 

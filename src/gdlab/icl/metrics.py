@@ -58,3 +58,27 @@ def interpolate(a: torch.Tensor, b: torch.Tensor, alpha: float | torch.Tensor) -
 
     Written out rather than ``torch.lerp``, which rejects a CPU weight for CUDA tensors in older torch releases."""
     return a + float(alpha) * (b - a)
+
+
+def learner_spd(prediction: torch.Tensor, tasks: RegressionTasks, lams, sigma: float = 0.0) -> dict:
+    """SPD between ``prediction`` (…, n) of every prefix k = 0..n-1 and the classical learners on the same
+    prefixes, averaged over prompts and over k = 1..n-1 (Akyürek et al. 2022, Sec. 4.1).
+
+    Returns {"zero": , "GD": (one step with the Gaussian-optimal eta = k/(k+d+1+sigma^2)), "OLS": ,
+    "ridge": tensor over ``lams``}; each value has the leading shape of ``prediction`` without (B, n).
+    """
+    from gdlab.icl import learners
+
+    def spd_to(fn):
+        return spd(prediction[..., 1:], learners.prefix_predictions(tasks.x, tasks.y, fn)[..., 1:]).mean(-1)
+
+    return {"zero": prediction[..., 1:].pow(2).mean((-2, -1)),
+            "GD": spd_to(lambda x, y: learners.tuned_one_step_weights(x, y, sigma)),
+            "OLS": spd_to(learners.ols_weights),
+            "ridge": torch.stack([spd_to(lambda x, y: learners.ridge_weights(x, y, lam)) for lam in lams], -1)}
+
+
+def error_curve(prediction: torch.Tensor, tasks: RegressionTasks) -> torch.Tensor:
+    """Garg et al. 2022's normalized error E (y_hat - y)^2 / d after k = 1..n-1 examples, averaged over the
+    prompt dimension (second to last): prediction (…, B, n) -> (…, n - 1)."""
+    return (prediction[..., 1:] - tasks.y[..., 1:]).pow(2).mean(-2) / tasks.d

@@ -49,26 +49,30 @@ def linear_probe_r2(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.
 
 def probe_layers(model: CausalTransformer, train: RegressionTasks, test: RegressionTasks, name: str,
                  model_index: int = 0) -> torch.Tensor:
-    """R^2 of the "moment" or "ols" probe at every layer and every k = 1..n: (depth + 1, n)."""
+    """R^2 of the "moment" or "ols" probe at every layer and every k = 1..n: (depth + 1, n).
+
+    ``train`` and ``test`` are prompts (B, ...) shown to every model; ``model_index`` picks the model probed."""
     with torch.no_grad():
-        h_train, h_test = (label_states(model, t)[:, model_index] for t in (train, test))  # (L+1, B, n, W)
-        y_train, y_test = (targets(t, name)[model_index] for t in (train, test))            # (B, n, d)
+        h_train, h_test = (label_states(model, t.repeat(model.config.models))[:, model_index]
+                           for t in (train, test))                                           # (L+1, B, n, W)
+        y_train, y_test = (targets(t, name) for t in (train, test))                         # (B, n, d)
     move = lambda t: t.transpose(-3, -2)                                                     # (…, n, B, ·)
     return linear_probe_r2(move(h_train), move(y_train), move(h_test), move(y_test))
 
 
 def implicit_weights(model: CausalTransformer, tasks: RegressionTasks, *, probes: int,
-                     generator: torch.Generator) -> torch.Tensor:
-    """The linear weights a transformer implicitly applies to each context: (M, B, d).
+                     generator: torch.Generator, model_index: int = 0) -> torch.Tensor:
+    """The linear weights a transformer implicitly applies to each context (B, ...): (B, d).
 
     The model predicts at ``probes`` Gaussian queries per context and w_hat is their least-squares fit
     (Akyürek et al. 2022, Sec. 4.1, "implicit linear weights"; compared with :func:`gdlab.icl.metrics.ilwd`).
     """
-    m, b, n, d = tasks.x.shape
-    xq = torch.randn(m, b, probes, d, generator=generator, device=generator.device, dtype=tasks.x.dtype)
-    expand = lambda t: t.unsqueeze(2).expand(m, b, probes, *t.shape[2:]).reshape(m, b * probes, *t.shape[2:])
-    probe = RegressionTasks(expand(tasks.x), expand(tasks.y), xq.reshape(m, b * probes, d),
-                            torch.zeros(m, b * probes, dtype=xq.dtype, device=xq.device), expand(tasks.w))
+    b, n, d = tasks.x.shape
+    xq = torch.randn(b, probes, d, generator=generator, device=generator.device, dtype=tasks.x.dtype)
+    expand = lambda t: t.unsqueeze(1).expand(b, probes, *t.shape[1:]).reshape(b * probes, *t.shape[1:])
+    probe = RegressionTasks(expand(tasks.x), expand(tasks.y), xq.reshape(b * probes, d),
+                            torch.zeros(b * probes, dtype=xq.dtype, device=xq.device), expand(tasks.w))
     with torch.no_grad():
-        y_hat = model.predict(probe).reshape(m, b, probes, 1)
-    return torch.linalg.lstsq(xq, y_hat).solution.squeeze(-1)
+        y_hat = model.predict_query_each(probe)[model_index].reshape(b, probes, 1)
+    gram = xq.transpose(-1, -2) @ xq   # normal equations: a batched d x d solve (no batched lstsq)
+    return torch.linalg.solve(gram, xq.transpose(-1, -2) @ y_hat).squeeze(-1)

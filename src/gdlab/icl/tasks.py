@@ -52,6 +52,15 @@ class RegressionTasks:
         """The same tasks with the context points reordered by ``perm`` (a permutation of range(N))."""
         return RegressionTasks(self.x[..., perm, :], self.y[..., perm], self.x_query, self.y_query, self.w)
 
+    def head(self, m: int) -> "RegressionTasks":
+        """The first ``m`` tasks along the first batch dimension."""
+        return RegressionTasks(*(t[:m] for t in (self.x, self.y, self.x_query, self.y_query, self.w)))
+
+    def repeat(self, m: int) -> "RegressionTasks":
+        """The same tasks for each of ``m`` models: a new leading dimension of size ``m`` (a view)."""
+        return RegressionTasks(*(t.expand(m, *t.shape) for t in (self.x, self.y, self.x_query, self.y_query,
+                                                                 self.w)))
+
     def to(self, dtype: torch.dtype) -> "RegressionTasks":
         return RegressionTasks(*(t.to(dtype) for t in (self.x, self.y, self.x_query, self.y_query, self.w)))
 

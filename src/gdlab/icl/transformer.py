@@ -153,6 +153,14 @@ class CausalTransformer(nn.Module):
         """Prediction of y_k from the first k points and x_k, for k = 0..n-1: tasks (M, B, ...) -> (M, B, n)."""
         return self(interleave(tasks.x, tasks.y, self.config.layout))[..., 0::2]
 
+    def predict_each(self, tasks: RegressionTasks) -> torch.Tensor:
+        """:meth:`predict_all` of every model on the same prompts: tasks (B, ...) -> (M, B, n)."""
+        return self.predict_all(tasks.repeat(self.config.models))
+
+    def predict_query_each(self, tasks: RegressionTasks) -> torch.Tensor:
+        """:meth:`predict` of every model on the same prompts: tasks (B, ...) -> (M, B)."""
+        return self.predict(tasks.repeat(self.config.models))
+
     def predict(self, tasks: RegressionTasks) -> torch.Tensor:
         """Prediction at the query after all N context points: (M, B, ...) -> (M, B); needs N < n_points."""
         if tasks.n >= self.config.n_points:
@@ -172,17 +180,23 @@ def prompt_loss(model: CausalTransformer, tasks: RegressionTasks) -> torch.Tenso
 
 
 def train_transformer(model: CausalTransformer, sample, steps: int, *, lr: float = 1e-3, warmup: float = 0.05,
-                      log_every: int = 10):
+                      schedule: str = "cosine", log_every: int = 10):
     """Adam on :func:`prompt_loss` with fresh prompts ``sample(step)`` (shape (M, B, …)) every step.
 
-    The learning rate warms up linearly over the first ``warmup`` fraction of steps and then decays to
-    zero on a cosine (:func:`gdlab.icl.training.fit_warmup_cosine`). The logged loss is per model and per
-    dimension, E (y_hat - y)^2 / d, the normalized error of Garg et al. 2022.
+    ``schedule="cosine"``: the learning rate warms up linearly over the first ``warmup`` fraction of steps and
+    then decays to zero on a cosine (:func:`gdlab.icl.training.fit_warmup_cosine`); ``"constant"``: Adam at
+    ``lr`` throughout, as Garg et al. 2022 train (reference code ``train.py``). The logged loss is per model
+    and per dimension, E (y_hat - y)^2 / d, the normalized error of Garg et al. 2022.
     """
     from gdlab.icl.training import fit_warmup_cosine
+    from gdlab.train import fit
 
+    check_choice("schedule", schedule, ("cosine", "constant"))
     c = model.config
-    history = fit_warmup_cosine(model.parameters(), lambda step: prompt_loss(model, sample(step)), steps, lr=lr,
-                                warmup=warmup, log_every=log_every)
+    loss_fn = lambda step: prompt_loss(model, sample(step))
+    if schedule == "cosine":
+        history = fit_warmup_cosine(model.parameters(), loss_fn, steps, lr=lr, warmup=warmup, log_every=log_every)
+    else:
+        history = fit(list(model.parameters()), loss_fn, steps, lr=lr, log_every=log_every)
     history.loss = [loss / (c.models * c.d) for loss in history.loss]
     return history
