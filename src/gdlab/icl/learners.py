@@ -228,3 +228,13 @@ def tuned_one_step_weights(x: torch.Tensor, y: torch.Tensor, sigma: float = 0.0)
     """One GD step with the optimal step for Gaussian data, eta*(k) = k / (k + d + 1 + sigma^2) (Mahankali et al.)."""
     k, d = x.shape[-2], x.shape[-1]
     return mahankali_step_size(k, d, sigma) * averaging_weights(x, y)
+
+
+def baselines(sigma: float = 0.0) -> dict:
+    """The learners a trained transformer is compared with, as ``predict(x, y, x_query) -> y_hat``:
+    least squares, averaging and 3-nearest neighbours (Garg et al. 2022's baselines) and one GD step with the
+    Gaussian-optimal step k/(k+d+1+sigma^2) (von Oswald et al. 2022; Mahankali et al. 2023)."""
+    return {"least squares": lambda x, y, q: predict(ols_weights(x, y), q),
+            "one GD step": lambda x, y, q: predict(tuned_one_step_weights(x, y, sigma), q),
+            "averaging": lambda x, y, q: predict(averaging_weights(x, y), q),
+            "3-NN": knn_predict}

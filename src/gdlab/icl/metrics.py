@@ -82,3 +82,38 @@ def error_curve(prediction: torch.Tensor, tasks: RegressionTasks) -> torch.Tenso
     """Garg et al. 2022's normalized error E (y_hat - y)^2 / d after k = 1..n-1 examples, averaged over the
     prompt dimension (second to last): prediction (…, B, n) -> (…, n - 1)."""
     return (prediction[..., 1:] - tasks.y[..., 1:]).pow(2).mean(-2) / tasks.d
+
+
+def best_ridge(table: dict, lams) -> dict:
+    """Summary of a :func:`learner_spd` table (one model): the best-matching ridge lambda* (0 = least
+    squares), the SPD to one GD step and to least squares, and which of zero / GD / ridge matches best."""
+    ridge = torch.cat([table["OLS"].reshape(1), table["ridge"].reshape(-1)])
+    best = {"zero": float(table["zero"]), "GD": float(table["GD"]), "ridge": float(ridge.min())}
+    return {"lambda*": ([0.0] + list(lams))[int(ridge.argmin())], "SPD GD": float(table["GD"]),
+            "SPD OLS": float(table["OLS"]), "best": min(best, key=best.get)}
+
+
+def query_error(prediction: torch.Tensor, tasks: RegressionTasks) -> float:
+    """Normalized query error E (y_hat - y_q)^2 / d (Garg et al. 2022)."""
+    return float((prediction - tasks.y_query).pow(2).mean() / tasks.d)
+
+
+def gd_alignment(predict_batch: Callable, predict_task: Callable, tasks: RegressionTasks,
+                 probe_tasks: RegressionTasks, eta: float) -> dict:
+    """How closely a learner follows one GD step of size ``eta`` (von Oswald et al. 2022, Fig. 2).
+
+    ``predict_batch(tasks) -> y_hat`` for a batch, ``predict_task(x, y, x_query)`` for one task. Returns the
+    learner's loss relative to the GD step's, the model cosine (on ``probe_tasks``) and the relative error of
+    its effective step: the least-squares slope of its predictions on the GD direction p = b^T x_q.
+    """
+    from gdlab.icl import learners
+
+    p = learners.predict(learners.averaging_weights(tasks.x, tasks.y), tasks.x_query)
+    gd = lambda x, y, xq: eta * learners.predict(learners.averaging_weights(x, y), xq)
+    with torch.no_grad():
+        pred = predict_batch(tasks)
+        gd_loss = half_mse(eta * p, tasks.y_query)
+    step = float((pred * p).sum() / p.pow(2).sum())
+    return {"loss / GD": float(half_mse(pred, tasks.y_query) / gd_loss),
+            "model cos": float(model_cosine(predict_task, gd, probe_tasks)),
+            "step error": abs(step / eta - 1)}
