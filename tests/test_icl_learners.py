@@ -65,7 +65,7 @@ def test_garg_baselines_values_and_validation():
     curves = learners.garg_baselines([1, 5, 10], 5)
     np.testing.assert_allclose(curves["averaging"], [6, 1.2, 0.6])
     np.testing.assert_allclose(curves["least squares"], [0.8, 0, 0])
-    np.testing.assert_allclose(curves["one-step GD"], [6 / 7, 6 / 11, 6 / 16])
+    np.testing.assert_allclose(curves["one GD step"], [6 / 7, 6 / 11, 6 / 16])
     with pytest.raises(ValueError, match="'k'"):
         learners.garg_baselines([0, 1], 5)
 

@@ -191,7 +191,7 @@ def garg_baselines(k: np.ndarray | Sequence[int], d: int) -> dict[str, np.ndarra
     if (k < 1).any():
         raise ValueError(f"parameter 'k': got {k.tolist()}; expected context sizes >= 1")
     return {"averaging": (d + 1) / k, "least squares": np.maximum(0.0, 1 - k / d),
-            "one-step GD": (d + 1) / (k + d + 1)}
+            "one GD step": (d + 1) / (k + d + 1)}
 
 
 def uniform_one_step_optimum(n: int, d: int) -> dict:
