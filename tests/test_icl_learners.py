@@ -119,3 +119,15 @@ def test_knn_predict_and_prefix_apply():
     assert float(learners.knn_predict(x[:, :2], y[:, :2], torch.tensor([[9.0]]), k=3)) == pytest.approx(0.5)
     pred = learners.prefix_apply(x, y, learners.knn_predict)
     torch.testing.assert_close(pred, torch.tensor([[0.0, 0.0, 0.5, 1.0]]))
+
+
+def test_garg_baseline_formulas_match_monte_carlo():
+    """The closed forms behind the chapter's baseline curves, within 4 Monte Carlo standard errors."""
+    d, n = 3, 8
+    t = sample_tasks(200_000, n, d, generator=torch.Generator().manual_seed(7), dtype=F64)
+    formulas = learners.garg_baselines(np.arange(1, n), d)
+    for name, fn in (("averaging", learners.averaging_weights), ("least squares", learners.ols_weights),
+                     ("one GD step", learners.tuned_one_step_weights)):
+        sq = (learners.prefix_predictions(t.x, t.y, fn) - t.y)[:, 1:].pow(2) / d
+        mean, se = sq.mean(0).numpy(), (sq.std(0) / len(sq) ** 0.5).numpy()
+        assert np.all(np.abs(mean - formulas[name]) <= 4 * se + 1e-12), name
