@@ -81,13 +81,24 @@ def ols_weights(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _gram_solve(x: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
+    """(X^T X + lam I)^-1 X^T y through a Cholesky factor of the smaller Gram matrix, in float64.
+
+    A jitter of 1e-13 times the Gram matrix's mean diagonal keeps the factorization defined for the
+    (numerically) singular square systems that random float32 inputs produce now and then; it moves the
+    solution by a relative 1e-13 times the condition number.
+    """
     k, d = x.shape[-2], x.shape[-1]
-    xt = x.transpose(-1, -2)
+    x64, y64 = x.double(), y.double().unsqueeze(-1)
+    xt = x64.transpose(-1, -2)
+    gram = xt @ x64 if k >= d else x64 @ xt
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    jitter = 1e-13 * gram.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]
+    factor = torch.linalg.cholesky(gram + (lam + jitter) * eye)
     if k >= d:
-        gram = xt @ x + lam * torch.eye(d, dtype=x.dtype, device=x.device)
-        return torch.linalg.solve(gram, xt @ y.unsqueeze(-1)).squeeze(-1)
-    gram = x @ xt + lam * torch.eye(k, dtype=x.dtype, device=x.device)
-    return (xt @ torch.linalg.solve(gram, y.unsqueeze(-1))).squeeze(-1)
+        w = torch.cholesky_solve(xt @ y64, factor)
+    else:
+        w = xt @ torch.cholesky_solve(y64, factor)
+    return w.squeeze(-1).to(x.dtype)
 
 
 def knn_predict(x: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor, k: int = 3) -> torch.Tensor:
