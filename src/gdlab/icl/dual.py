@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+__all__ = ["linear_attention", "dual_form", "dual_form_error", "momentum_attention", "momentum_buffer"]
+
 
 def linear_attention(values: torch.Tensor, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
     """Unnormalized attention without softmax: out_t = sum_i v_i (k_i . q_t); (…, T, d) inputs, all i attended."""

@@ -13,6 +13,11 @@ import torch
 from gdlab.icl.tasks import RegressionTasks
 from gdlab.runtime import check_float, check_int
 
+__all__ = ["gd_weights", "gd_plus_plus_predict", "preconditioned_step_weights", "averaging_weights",
+           "ridge_weights", "ols_weights", "knn_predict", "predict", "one_step_loss", "best_one_step_size",
+           "tune_steps", "mahankali_step_size", "ahn_preconditioner", "garg_baselines", "uniform_one_step_optimum",
+           "prefix_predictions", "prefix_apply", "tuned_one_step_weights", "baselines"]
+
 
 def gd_weights(x: torch.Tensor, y: torch.Tensor, etas: Sequence[float] | torch.Tensor,
                w0: torch.Tensor | None = None) -> torch.Tensor:

@@ -22,6 +22,9 @@ import torch
 
 from gdlab.runtime import check_choice, check_float, check_int
 
+__all__ = ["lsa_forward", "lsa_predict", "recurrent", "init_lsa", "gd_construction", "gd_plus_plus_construction",
+           "effective_preconditioner", "effective_step_size", "align_scale", "train_lsa", "task_predictor"]
+
 
 def lsa_forward(tokens: torch.Tensor, value: torch.Tensor, key_query: torch.Tensor) -> torch.Tensor:
     """Run the K layers; tokens (*models, B, N+1, d+1) (batch dim required) with the query last -> same shape.

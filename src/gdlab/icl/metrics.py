@@ -8,6 +8,9 @@ from torch.func import jacrev, vmap
 
 from gdlab.icl.tasks import RegressionTasks
 
+__all__ = ["half_mse", "preds_diff", "spd", "query_sensitivities", "model_cosine", "implicit_weights", "ilwd",
+           "interpolate", "learner_spd", "error_curve", "best_ridge", "query_error", "gd_alignment"]
+
 
 def half_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """1/2 mean squared error over the last dimension (von Oswald et al. 2022's loss)."""

@@ -13,6 +13,8 @@ from gdlab.icl import learners
 from gdlab.icl.tasks import RegressionTasks
 from gdlab.icl.transformer import CausalTransformer, interleave
 
+__all__ = ["targets", "label_states", "linear_probe_r2", "probe_layers", "implicit_weights"]
+
 
 def targets(tasks: RegressionTasks, name: str) -> torch.Tensor:
     """Probe targets after k = 1..n examples, shape (..., n, d): "moment" (1/k) X_k^T y_k or "ols" w_OLS(k)."""

@@ -16,6 +16,9 @@ import torch
 
 from gdlab.runtime import check_choice, check_float, check_int
 
+__all__ = ["X_DISTRIBUTIONS", "RegressionTasks", "sample_tasks", "von_oswald_tasks", "random_covariance",
+           "skewed_covariance", "orthogonal_query_tasks", "Curriculum"]
+
 X_DISTRIBUTIONS = ("uniform", "gaussian")
 
 

@@ -20,6 +20,8 @@ from torch import nn
 from gdlab.icl.tasks import RegressionTasks
 from gdlab.runtime import check_choice, check_float, check_int
 
+__all__ = ["LAYOUTS", "TransformerConfig", "interleave", "CausalTransformer", "prompt_loss", "train_transformer"]
+
 LAYOUTS = ("akyurek", "paired")
 
 
