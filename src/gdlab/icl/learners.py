@@ -37,8 +37,10 @@ def gd_plus_plus_predict(x: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor
                          etas: Sequence[float] | torch.Tensor, gammas: Sequence[float] | torch.Tensor) -> torch.Tensor:
     """GD++: step l takes a GD step on the residuals r and moves every input, x <- (I - gamma_l A) x.
 
-    With r_j the residual of point j (the query starts at r_q = 0) and A = (1/N) sum_i x_i x_i^T:
-      r_j <- r_j - eta_l (1/N) sum_i r_i x_i^T x_j,   x_j <- x_j - gamma_l A x_j,
+    With r_j the residual of point j (the query starts at r_q = 0) and A = (1/N) sum_i x_i x_i^T::
+
+        r_j <- r_j - eta_l (1/N) sum_i r_i x_i^T x_j,   x_j <- x_j - gamma_l A x_j,
+
     both from the same step-l values; the prediction is -r_q (von Oswald et al. 2022, Sec. 4).
     """
     n = x.shape[-2]

@@ -18,7 +18,7 @@ def half_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def preds_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean |y_a - y_b| over the last dimension ("preds diff", von Oswald et al. 2022, Fig. 2)."""
+    """Mean ``|y_a - y_b|`` over the last dimension ("preds diff", von Oswald et al. 2022, Fig. 2)."""
     return (a - b).abs().mean(-1)
 
 

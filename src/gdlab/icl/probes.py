@@ -36,7 +36,7 @@ def linear_probe_r2(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.
     """R^2 on (test_x, test_y) of the affine map fitted by ridge regression on (train_x, train_y).
 
     Inputs (..., B, features) and (..., B, targets), batched over any leading dimensions (layers, positions);
-    R^2 = 1 - sum |y - y_hat|^2 / sum |y - mean y|^2, pooled over the target dimensions.
+    ``R^2 = 1 - sum |y - y_hat|^2 / sum |y - mean y|^2``, pooled over the target dimensions.
     """
     def affine(x):
         return torch.cat([x, torch.ones_like(x[..., :1])], -1)
