@@ -1,0 +1,59 @@
+"""Wu & Su's stability selection on diagonal linear networks (the network is
+:mod:`gdlab.implicit.diagonal`, shared with Chapter 2).
+
+Wu & Su 2023 (Sec. 3 and 4): a minimum that is linearly stable for SGD at step ``eta`` and batch
+size 1 has ``Tr H <= 2 / eta``; on a diagonal network ``Tr H`` is about ``4 ||beta||_1``, so SGD's
+stable minima are sparse. The prediction has teeth only inside the *window*
+``eta*_SGD(GD's minimum) < eta < 2 / lambda_max(GD's minimum)``: there GD stays at its minimum
+while SGD, which cannot, must end at a minimum whose own critical step is at least ``eta``.
+Below the window both are stable there, and SGD's remaining preference for sparse solutions is
+the bias of its gradient noise (Pesme, Pillaud-Vivien & Flammarion 2021).
+
+:func:`selection` trains GD and several SGD runs at one step size and measures the critical
+step ``eta*`` (the exact mean-square threshold, :func:`gdlab.stability.sgd_operator.critical_step`)
+at every endpoint.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gdlab.implicit import diagonal as net
+from gdlab.runtime import check_float, check_int
+from gdlab.stability import sgd_operator
+
+
+def critical_steps(run: net.DiagonalRun, x: torch.Tensor, y: torch.Tensor, *, B: int = 1,
+                   max_loss: float = 1e-4) -> list[float]:
+    """SGD's exact critical step at batch size ``B`` at each run's endpoint (NaN where the run did
+    not reach a training loss below ``max_loss``, so that the endpoint is not a minimum)."""
+    losses = net.train_loss(run.u, run.v, x, y)
+    out = []
+    for r in range(run.u.shape[0]):
+        ok = bool(torch.isfinite(run.u[r]).all()) and float(losses[r]) < max_loss
+        out.append(sgd_operator.critical_step(net.per_sample_hessians(run.u[r], run.v[r], x), B) if ok
+                   else math.nan)
+    return out
+
+
+def selection(task: net.SparseRegression, *, alpha: float, eta: float, steps: int, sgd_runs: int,
+              generator: torch.Generator) -> dict:
+    """GD and ``sgd_runs`` SGD runs (B = 1) from ``u = v = alpha`` at step ``eta``.
+
+    Returns ``eta``, ``gd_critical`` (eta* at GD's minimum), ``gd_sharpness_limit``
+    (2 / lambda_max there), ``sgd_critical`` (list), ``gain`` (SGD's eta* over GD's, per run) and,
+    for GD then each SGD run, ``trace``, ``l1`` and ``test_error`` as lists."""
+    eta = check_float("eta", eta, min=0.0, open_min=True)
+    sgd_runs = check_int("sgd_runs", sgd_runs, min=1)
+    n = task.x.shape[0]
+    run = net.train(task.x, task.y, alpha=alpha, eta=eta, steps=steps, batch_sizes=[n] + [1] * sgd_runs,
+                    generator=generator)
+    crit = critical_steps(run, task.x, task.y)
+    H_gd = net.per_sample_hessians(run.u[0], run.v[0], task.x)
+    s = run.summary(task)
+    as_list = lambda t: [float(v) for v in t.detach().cpu()]  # noqa: E731
+    return {"eta": eta, "gd_critical": crit[0],
+            "gd_sharpness_limit": sgd_operator.stability_bounds(H_gd, n)["sharpness"],
+            "sgd_critical": crit[1:], "gain": [c / crit[0] for c in crit[1:]],
+            "trace": as_list(s["trace"]), "l1": as_list(s["l1"]), "test_error": as_list(s["test_error"])}
