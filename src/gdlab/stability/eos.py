@@ -199,7 +199,7 @@ def edge_of_stability_summary(traj: Trajectory, eta: float | None = None, *, unt
                 "fraction_in_band": nan, "count": 0}
     i = int(hit[0])
     after = ratio[i:]
-    return {"reached_time": float(times[i]), "median": float(after.median()),
+    return {"reached_time": float(times[i]), "median": float(torch.quantile(after, 0.5)),
             "lo": float(torch.quantile(after, 0.1)), "hi": float(torch.quantile(after, 0.9)),
             "sharpening": float(ratio[i] / ratio[: i + 1].min()),
             "fraction_in_band": float(((after >= 0.9) & (after <= 1.1)).double().mean()), "count": int(after.numel())}
