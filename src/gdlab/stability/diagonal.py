@@ -23,6 +23,8 @@ from gdlab.implicit import diagonal as net
 from gdlab.runtime import check_float, check_int
 from gdlab.stability import sgd_operator
 
+__all__ = ["critical_steps", "selection"]
+
 
 def critical_steps(run: net.DiagonalRun, x: torch.Tensor, y: torch.Tensor, *, B: int = 1,
                    max_loss: float = 1e-4) -> list[float]:

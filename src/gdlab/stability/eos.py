@@ -20,6 +20,11 @@ import torch
 from gdlab import hessian
 from gdlab.runtime import check_float, check_int, check_sequence, progress
 
+__all__ = [
+    "cohen_mse", "tanh_mlp", "Trajectory", "train_gd", "gradient_flow",
+    "edge_of_stability_summary", "loss_summary", "compare_step_sizes"
+]
+
 
 def cohen_mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """``0.5 * sum over outputs of squared error``, mean over the batch (Cohen et al. 2021, App. B).

@@ -36,6 +36,13 @@ import torch
 
 from gdlab.runtime import check_float, check_int
 
+__all__ = [
+    "PAPER_DIMENSION_RANGE", "PAPER_WIDTH", "PAPER_INPUT_DIM", "PAPER_STEPS", "FractalProblem",
+    "make_problem", "make_quadratic_problem", "train_pixels", "grid_axes", "train_grid", "edges",
+    "box_sizes", "box_counts", "box_counting_slopes", "fractal_dimension",
+    "densest_boundary_window", "zoom_sequence"
+]
+
 PAPER_DIMENSION_RANGE = (1.17, 1.98)   # Sohl-Dickstein 2024: the six conditions' estimates
 PAPER_WIDTH, PAPER_INPUT_DIM, PAPER_STEPS = 16, 16, (500, 1000)
 

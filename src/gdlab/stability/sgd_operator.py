@@ -26,6 +26,11 @@ import torch
 
 from gdlab.runtime import check_float, check_int
 
+__all__ = [
+    "batch_coefficients", "second_moment_operator", "spectral_radius", "critical_step",
+    "stability_bounds", "frobenius_ratio", "regression_hessians", "simulate_sgd"
+]
+
 
 def _check_hessians(per_sample_hessians) -> np.ndarray:
     H = np.asarray(per_sample_hessians.detach().cpu() if isinstance(per_sample_hessians, torch.Tensor)

@@ -22,6 +22,11 @@ from gdlab import data, hessian
 from gdlab.runtime import check_choice, check_float, check_int
 from gdlab.stability import eos
 
+__all__ = [
+    "cross_entropy", "LOSSES", "Spectrum", "outlier_count", "mixture_classifier_spectrum",
+    "eigenvalue_count"
+]
+
 
 def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Softmax cross-entropy, mean over the batch (the loss of Sagun et al. 2017 and Papyan 2020)."""
