@@ -112,18 +112,20 @@ def _koch_snowflake(level):
     return pts
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known bias of Sohl-Dickstein's estimator (median of porespy's local slopes, boxes up to the "
-    "image side): on a 1024-px Koch snowflake it gives about 1.35, not log 4 / log 3 = 1.26; the "
-    "slopes of the boxes nearly as large as the image (2.0 and 2.7) are pooled too"))
-def test_koch_snowflake_has_dimension_log4_over_log3():
+def test_koch_snowflake_dimension_carries_the_estimators_known_upward_bias():
+    """Sohl-Dickstein's estimator (median of porespy's local slopes, boxes up to the image side)
+    pools the slopes of boxes nearly as large as the image (about 2.0 and 2.7 here), so on a
+    1024-px Koch snowflake it reads above log 4 / log 3 = 1.26 (about 1.35). The chapter judges
+    C9 against his range with his estimator and states this bias; this test pins it: the
+    estimate stays above the true dimension and well below a filled region's 2."""
     from matplotlib.path import Path
 
     pts = _koch_snowflake(7)
     pts = (pts - pts.min(0)) / (pts.max(0) - pts.min(0)).max() * (RES - 40) + 20
     yy, xx = np.mgrid[:RES, :RES]
     inside = Path(pts).contains_points(np.stack([xx.ravel() + 0.5, yy.ravel() + 0.5], 1)).reshape(RES, RES)
-    assert _dimension(inside) == pytest.approx(math.log(4) / math.log(3), abs=0.06)
+    true = math.log(4) / math.log(3)
+    assert true - 0.02 <= _dimension(inside) <= true + 0.15
 
 
 def test_noise_has_dimension_near_two():
