@@ -8,7 +8,6 @@ checks that the manual path reproduces ``model.encode``.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -52,9 +51,10 @@ class Encoder:
 
     @classmethod
     def load(cls, device: str | torch.device = "auto") -> "Encoder":
-        """Load the packaged model with the Hugging Face hub switched off (no network)."""
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        """Load the packaged model from its local files only (no network).
+
+        The hub is kept away by ``local_files_only`` on this one load; nothing process-wide (such as
+        ``HF_HUB_OFFLINE``) is changed."""
         path = model_path()
         try:
             from sentence_transformers import SentenceTransformer
@@ -68,7 +68,7 @@ class Encoder:
         was_enabled = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()
         try:
-            st = SentenceTransformer(str(path), device=str(device))
+            st = SentenceTransformer(str(path), device=str(device), local_files_only=True)
         finally:
             if was_enabled:
                 hf_logging.enable_progress_bar()
