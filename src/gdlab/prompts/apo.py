@@ -132,6 +132,13 @@ class Expander(Protocol):
     def expand(self, parents: Sequence[str], errors: Sequence[Errors], generator: torch.Generator) -> list[list[str]]: ...
 
 
+def first_line(text: str) -> str:
+    """The first non-empty line of a reply, tidied by :func:`clean_section` (a small model often adds
+    an explanation after the variation it was asked for; LMOps keeps the whole reply)."""
+    lines = [x for x in (text or "").splitlines() if x.strip()]
+    return clean_section(lines[0]) if lines else ""
+
+
 def clean_section(text: str, max_chars: int = 400) -> str:
     """A generated task section, tidied: surrounding quotes and whitespace removed, cut at ``max_chars``
     (a runaway generation is not a prompt); empty when nothing usable is left."""
@@ -145,7 +152,9 @@ class GradientExpander:
     them, Monte-Carlo synonyms of every edit and of the parent; at most ``max_expansion_factor``
     new sections per parent, sampled at random when there are more (LMOps' default).
 
-    ``log`` keeps every (parent, errors, gradient, edit) so that the chapter can show what the LLM wrote.
+    ``untagged``: LMOps keeps only text between <START> and <END> ("skip"); a small model seldom writes
+    the tags, and "reply" then takes its whole reply as the one gradient or edit asked for (counted
+    apart in ``outcomes``). ``log`` keeps every (parent, errors, gradient, edit) for the chapter to show.
     """
 
     client: ChatClient
@@ -157,29 +166,43 @@ class GradientExpander:
     max_expansion_factor: int = 8
     temperature: float = 0.7
     max_tokens: dict = field(default_factory=lambda: {"gradient": 256, "edit": 256, "synonym": 128})
+    untagged: str = "skip"
     outcomes: dict = field(default_factory=dict)
     log: list = field(default_factory=list)
+
+    def __post_init__(self):
+        check_choice("untagged", self.untagged, ("skip", "reply"))
 
     def _ask(self, prompts: list[str], kind: str, generator: torch.Generator):
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))
         return self.client.chat_batch([[{"role": "user", "content": p}] for p in prompts],
                                       temperature=self.temperature, max_tokens=self.max_tokens[kind], seed=seed)
 
-    def _tagged(self, reply, limit: int) -> list[str]:
+    def _tagged(self, reply, limit: int, kind: str) -> list[str]:
+        """The reply's tagged items (LMOps' parsing); with ``untagged`` = "reply", a reply without tags
+        counts as one item (its first paragraph for a gradient, its first line for an edit)."""
         parsed = parse_tagged(reply)
-        self.outcomes[parsed.status] = self.outcomes.get(parsed.status, 0) + 1
-        return parsed.items[:limit]
+        key = f"{kind}: {parsed.status}"
+        if parsed.status == "no_tags" and self.untagged == "reply":
+            text = reply.text.strip()
+            parsed.items = [text.split("\n\n")[0] if kind == "gradient" else first_line(text)]
+            key = f"{kind}: untagged, reply used"
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+        return [clean_section(x) for x in parsed.items[:limit] if clean_section(x)]
 
     def synonyms(self, sections: list[str], n: int, generator: torch.Generator) -> list[list[str]]:
-        """``n`` raw variations of each section (LMOps' ``generate_synonyms``: the reply is the variation)."""
+        """``n`` variations of each section (LMOps' ``generate_synonyms``: the reply is the variation; here its
+        first line)."""
         if not sections or n == 0:
             return [[] for _ in sections]
         replies = self._ask([SYNONYM_TEMPLATE.format(prompt=s) for s in sections for _ in range(n)], "synonym",
                             generator)
         out = []
         for i in range(len(sections)):
-            items = [clean_section(r.text) for r in replies[i * n:(i + 1) * n] if not r.error]
-            self.outcomes["synonym"] = self.outcomes.get("synonym", 0) + len(items)
+            items = [first_line(r.text) if not r.error else "" for r in replies[i * n:(i + 1) * n]]
+            for s in items:
+                key = "synonym: ok" if s else "synonym: empty"
+                self.outcomes[key] = self.outcomes.get(key, 0) + 1
             out.append([s for s in items if s])
         return out
 
@@ -192,14 +215,13 @@ class GradientExpander:
                                                       n=self.gradients_per_error) for i, e in groups],
                             "gradient", generator)
         feedback = [(i, e, g) for (i, e), r in zip(groups, replies)
-                    for g in self._tagged(r, self.gradients_per_error)]
+                    for g in self._tagged(r, self.gradients_per_error, "gradient")]
         replies = self._ask([EDIT_TEMPLATE.format(prompt=parents[i], errors=e.describe(), gradient=g,
                                                   n=self.steps_per_gradient) for i, e, g in feedback],
                             "edit", generator)
         edits = [[] for _ in parents]
         for (i, e, g), r in zip(feedback, replies):
-            for new in self._tagged(r, self.steps_per_gradient):
-                new = clean_section(new)
+            for new in self._tagged(r, self.steps_per_gradient, "edit"):
                 self.log.append({"parent": parents[i], "errors": e.describe(), "gradient": g, "edit": new})
                 if new:
                     edits[i].append(new)

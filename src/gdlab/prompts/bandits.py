@@ -212,18 +212,33 @@ def table_arms(correct: torch.Tensor, reps: int, samples_per_pull: int, generato
 
 
 def recall_study(make_pull: Callable[[int], PullFn], true_means: torch.Tensor, b: int, budgets, *, reps: int,
-                 samples_per_pull: int, arms_per_round: int, selectors=SELECTORS) -> dict[str, dict[str, list]]:
-    """Top-b recall and true spend of each selector at each nominal budget (APO, Table 2's comparison).
+                 samples_per_pull: int, arms_per_round: int, selectors=SELECTORS,
+                 generator: torch.Generator | None = None) -> dict[str, dict[str, list]]:
+    """Top-b recall (mean and standard error over ``reps``) and true spend of each selector at each
+    nominal budget (APO, Table 2's comparison).
 
-    ``make_pull(reps)`` builds a fresh pull function; ``true_means`` (n,) or (reps, n) are the arms' real values.
+    ``make_pull(reps)`` builds a fresh pull function; ``true_means`` (n,) or (reps, n) are the arms' real values;
+    ``generator`` (CPU) breaks the selectors' ties.
     """
     out = {}
     for s in selectors:
-        rec, spend = [], []
+        rec, se, spend = [], [], []
         for budget in budgets:
             sel = select_top(s, make_pull(reps), true_means.shape[-1], b, budget, reps=reps,
-                             samples_per_pull=samples_per_pull, arms_per_round=arms_per_round)
-            rec.append(float(top_b_recall(sel.top, true_means.expand(reps, -1), b).mean()))
+                             samples_per_pull=samples_per_pull, arms_per_round=arms_per_round, generator=generator)
+            r = top_b_recall(sel.top, true_means.expand(reps, -1), b)
+            rec.append(float(r.mean()))
+            se.append(float(r.std() / math.sqrt(reps)) if reps > 1 else float("nan"))
             spend.append(float(sel.spend.float().mean()))
-        out[s] = {"recall": rec, "spend": spend}
+        out[s] = {"recall": rec, "se": se, "spend": spend}
     return out
+
+
+def recall_gain(study: dict, selector: str, baseline: str = "uniform") -> dict:
+    """Mean top-b recall of ``selector`` minus ``baseline`` over a study's budgets, with its standard error
+    (the runs of the two selectors are independent)."""
+    a, b = study[selector], study[baseline]
+    n = len(a["recall"])
+    gain = sum(x - y for x, y in zip(a["recall"], b["recall"])) / n
+    se = math.sqrt(sum(x * x + y * y for x, y in zip(a["se"], b["se"]))) / n
+    return {"gain": gain, "se": se}

@@ -216,7 +216,7 @@ def load_llama(path: str | os.PathLike, device: str | torch.device = "cpu"):
         head_dim=int(meta.get("llama.rope.dimension_count", hidden // heads)),
         rms_norm_eps=float(meta["llama.attention.layer_norm_rms_epsilon"]),
         max_position_embeddings=int(meta.get("llama.context_length", 2048)),
-        rope_parameters={"rope_type": "default", "rope_theta": float(meta.get("llama.rope.freq_base", 10000.0))},
+        rope_theta=float(meta.get("llama.rope.freq_base", 10000.0)),
         tie_word_embeddings=tied, bos_token_id=int(meta.get("tokenizer.ggml.bos_token_id", 1)),
         eos_token_id=int(meta.get("tokenizer.ggml.eos_token_id", 2)),
         pad_token_id=int(meta.get("tokenizer.ggml.padding_token_id", meta.get("tokenizer.ggml.eos_token_id", 2))))
@@ -358,7 +358,7 @@ class LocalLM:
         start = time.perf_counter()
         body, P = self.model.model, len(prefix)
         pre = body(torch.tensor([list(prefix)], device=self.device), use_cache=True).past_key_values
-        kv = [(layer.keys, layer.values) for layer in pre.layers]
+        kv = _cache_tensors(pre)
         head = self.model.lm_head.weight
         cand = torch.as_tensor(list(candidates), device=self.device)
         out = torch.empty(len(suffixes), len(cand), device=self.device)
@@ -375,7 +375,8 @@ class LocalLM:
             cache = DynamicCache([(k.expand(B, -1, -1, -1).contiguous(), v.expand(B, -1, -1, -1).contiguous())
                                   for k, v in kv])
             pos = torch.arange(P, P + L, device=self.device).expand(B, -1)
-            h = body(ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True).last_hidden_state
+            h = body(ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                     **{_cache_argument(body): cache}).last_hidden_state
             last = torch.tensor([len(suffixes[i]) - 1 for i in rows], device=self.device)
             logits = h[torch.arange(B, device=self.device), last] @ head.T          # full softmax normalizer
             lp = logits.log_softmax(-1)[:, cand]
@@ -384,3 +385,17 @@ class LocalLM:
         self.timing.score_s += time.perf_counter() - start
         self.timing.scored_examples += len(suffixes)
         return out
+
+
+def _cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) per layer of a ``transformers`` cache (the attributes moved between versions)."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))
+
+
+def _cache_argument(module) -> str:
+    """The name under which a ``transformers`` model's forward takes a KV cache (``cache`` from 5.x on)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"

@@ -98,6 +98,23 @@ def refit_loss(scores: torch.Tensor, y: torch.Tensor, iters: int = 30, l2: float
     return float(refit_losses(scores.flatten()[None], y, iters, l2)[0])
 
 
+class TokenVectors:
+    """Unit vectors of single tokens encoded as ``[CLS] token [SEP]``, computed once per token and shared."""
+
+    def __init__(self, encoder: Encoder):
+        self.encoder, self.row, self.z = encoder, {}, None
+
+    def add(self, ids) -> None:
+        new = sorted(int(i) for i in set(ids) if int(i) not in self.row)
+        if new:
+            z = _encode_tokens(self.encoder, new)
+            self.z = z if self.z is None else torch.cat([self.z, z])
+            self.row.update({i: len(self.row) + k for k, i in enumerate(new)})
+
+    def __getitem__(self, ids) -> torch.Tensor:
+        return self.z[torch.tensor([self.row[int(i)] for i in ids], device=self.z.device)]
+
+
 @torch.no_grad()
 def _encode_tokens(encoder: Encoder, ids: Sequence[int], chunk: int = 1024) -> torch.Tensor:
     """Unit vectors (len(ids), d) of each token id encoded alone, as ``[CLS] token [SEP]``."""
@@ -109,7 +126,8 @@ def _encode_tokens(encoder: Encoder, ids: Sequence[int], chunk: int = 1024) -> t
 def describe_features(encoder: Encoder, features: Sequence[tuple[Sequence[int], torch.Tensor, Sequence[int]]], *,
                       steps: int = 100, lr: float = 0.1, c_ent: float = 0.05, lambda_nat: float = 0.0,
                       straight_through: bool = True, vocabulary_size: int = 5000, init_scale: float = 0.01,
-                      log_every: int = 5, generator: torch.Generator) -> list[LabelDescent]:
+                      log_every: int = 5, generator: torch.Generator,
+                      token_vectors: "TokenVectors | None" = None) -> list[LabelDescent]:
     """Find a one-token label for each binary feature by gradient descent in token space, all at once.
 
     ``features`` holds (token ids, 0/1 labels, ids excluded from the label: the feature's instances).
@@ -134,10 +152,9 @@ def describe_features(encoder: Encoder, features: Sequence[tuple[Sequence[int], 
         allowed[f] = ~torch.isin(vocab, banned)
     E = encoder.E[vocab]                                            # (V, d)
     prior_cost = torch.log1p((vocab - FIRST_WORD_ID).float())       # naturalness substitute (soft part)
-    unique = sorted({int(i) for ids, _, _ in features for i in ids})  # runs share examples: encode each token once
-    z_unique = _encode_tokens(encoder, unique)
-    row = {i: r for r, i in enumerate(unique)}
-    z_x = [z_unique[torch.tensor([row[int(i)] for i in ids], device=device)] for ids, _, _ in features]
+    vectors = TokenVectors(encoder) if token_vectors is None else token_vectors
+    vectors.add({int(i) for ids, _, _ in features for i in ids})  # runs share examples: encode each token once
+    z_x = [vectors[ids] for ids, _, _ in features]
     ys = [labels.to(device).float() for _, labels, _ in features]
     v = (init_scale * torch.randn(F, len(vocab), generator=generator, device=generator.device)).to(device)
     v.requires_grad_(True)
@@ -172,7 +189,8 @@ def describe_features(encoder: Encoder, features: Sequence[tuple[Sequence[int], 
         if step == steps:
             # exact re-evaluation of each run's final top-5 tokens (readout refitted)
             top = vocab[p.detach().topk(min(5, len(vocab)), dim=-1).indices]        # (F, 5)
-            z_top = _encode_tokens(encoder, top.flatten().tolist()).reshape(F, top.shape[1], -1)
+            vectors.add(top.flatten().tolist())
+            z_top = vectors[top.flatten().tolist()].reshape(F, top.shape[1], -1)
             for f, rec in enumerate(out):
                 losses = refit_losses(z_top[f] @ z_x[f].T, ys[f]).tolist()
                 j = min(range(len(losses)), key=losses.__getitem__)
@@ -209,12 +227,11 @@ def label_features(encoder: Encoder, names: Sequence[str], *, replicates: int = 
             runs += [(ids, y, exclude)] * restarts
             samples.append((ids, y, exclude))
     g = torch.Generator().manual_seed(seed)
-    out = describe_features(encoder, runs, generator=g, **descent_kw)
     vocab = label_vocabulary(encoder, (), descent_kw.get("vocabulary_size", 5000))
-    z_vocab = _encode_tokens(encoder, vocab.tolist())                          # every candidate, encoded once
-    unique = sorted({int(i) for ids, _, _ in samples for i in ids})
-    z_unique = _encode_tokens(encoder, unique)
-    row = {i: r for r, i in enumerate(unique)}
+    vectors = TokenVectors(encoder)
+    vectors.add(set(vocab.tolist()) | {int(t) for ids, _, _ in samples for t in ids})   # one batch for all
+    out = describe_features(encoder, runs, generator=g, token_vectors=vectors, **descent_kw)
+    z_vocab = vectors[vocab.tolist()]
     result, i = {}, 0
     for name in names:
         result[name] = []
@@ -223,7 +240,7 @@ def label_features(encoder: Encoder, names: Sequence[str], *, replicates: int = 
             ids, y, exclude = samples[i]
             banned = set(int(t) for t in exclude) | {int(t) for t, lab in zip(ids, y.tolist()) if lab}
             allowed = torch.tensor([int(t) not in banned for t in vocab.tolist()])
-            z_x = z_unique[torch.tensor([row[int(t)] for t in ids], device=z_unique.device)]
+            z_x = vectors[ids]
             losses = refit_losses(z_vocab[allowed.to(z_vocab.device)] @ z_x.T, y.to(z_x.device),
                                   dtype=torch.float32, tol=1e-6).cpu()
             words = [encoder.decode([int(t)]) for t in vocab[allowed].tolist()]
