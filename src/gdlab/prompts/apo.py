@@ -30,6 +30,10 @@ from gdlab.prompts.llm import ChatClient, parse_tagged
 from gdlab.prompts.tasks import LabeledTexts
 from gdlab.runtime import check_choice, check_float, check_int, progress
 
+__all__ = ["PROMPT_TEMPLATE", "GRADIENT_TEMPLATE", "EDIT_TEMPLATE", "SYNONYM_TEMPLATE", "LMClassifier",
+           "Errors", "Expander", "first_line", "clean_section", "GradientExpander", "MonteCarloExpander",
+           "APOConfig", "APORound", "APOResult", "PromptArms", "find_errors", "apo_search"]
+
 # LMOps' sectioned prompt (prompts/*.md) with the paper's "# Examples" section (its Appendix 1.2)
 PROMPT_TEMPLATE = ("# Task\n{task}\n\n# Output format\n{output_format}\n\n{examples}"
                    "# Prediction\nText: {text}\nLabel:")

@@ -29,6 +29,10 @@ import torch
 
 from gdlab.runtime import check_choice, check_float, check_int
 
+__all__ = ["SELECTORS", "Selection", "log_bar", "successive_rejects_schedule", "successive_rejects_spend",
+           "successive_rejects_fit", "select_top", "top_b_recall", "bernoulli_arms", "table_arms",
+           "recall_study", "recall_gain"]
+
 SELECTORS = ("uniform", "ucb", "ucb-e", "successive-rejects", "successive-halving")
 
 PullFn = Callable[[torch.Tensor], torch.Tensor]  # arms (reps, k) -> mean reward of one pull each (reps, k)

@@ -21,6 +21,8 @@ from gdlab.prompts.encoder import Encoder
 from gdlab.prompts.tasks import LabeledTexts
 from gdlab.runtime import check_float, check_int, check_sequence
 
+__all__ = ["Inputs", "PromptClassifier"]
+
 
 @dataclass
 class Inputs:

