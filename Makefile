@@ -21,10 +21,11 @@ FLOOR_STAMP   := $(FLOOR_VENV)/.installed-$(FLOOR_VERSION)
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.txt
+$(STAMP): pyproject.toml requirements.txt requirements-nodeps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH) $(TORCH_INDEX)
 	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -r requirements-nodeps.txt
 	$(BIN)/python -m pip install -q -e .
 	touch $(STAMP)
 

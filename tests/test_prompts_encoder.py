@@ -86,3 +86,18 @@ def test_length_sorted_chunks_keep_the_original_order(encoder):
     assert torch.equal(clf.correct(embeds, mask, data, max_sequences=6), one_by_one)
     texts_acc = clf.accuracy_of_texts(["i feel", "the sentiment of this word is", ""], data)
     assert torch.allclose(texts_acc, one_by_one.mean(1))
+
+
+def test_load_changes_no_process_wide_setting(monkeypatch):
+    """Encoder.load keeps the hub away with local_files_only on its own load (issue 19): it sets no
+    environment variable and leaves huggingface_hub's offline switch as it found it."""
+    import os
+
+    import huggingface_hub.constants as hub
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    before = hub.HF_HUB_OFFLINE
+    Encoder.load("cpu")
+    assert "HF_HUB_OFFLINE" not in os.environ and "TRANSFORMERS_OFFLINE" not in os.environ
+    assert hub.HF_HUB_OFFLINE == before

@@ -1,8 +1,8 @@
-"""gdlab.prompts.soft, .hotflip, .token_descent and .apo on the real (frozen) encoder, at tiny sizes."""
+"""gdlab.prompts.soft, .hotflip and .token_descent on the real (frozen) encoder, at tiny sizes."""
 import pytest
 import torch
 
-from gdlab.prompts import apo, hotflip, llm, soft, tasks, token_descent
+from gdlab.prompts import hotflip, soft, tasks, token_descent
 from gdlab.prompts.classifier import PromptClassifier
 from gdlab.prompts.encoder import Encoder
 
@@ -85,38 +85,42 @@ def _logistic_fit(s, y):
     return w.detach()
 
 
-class _ScriptedLLM:
-    """A backend whose replies are scripted: well-formed, malformed, empty."""
-
-    name = "scripted"
-
-    def __init__(self, replies):
-        self.replies = list(replies)
-
-    def chat(self, messages, *, temperature, max_tokens, seed):
-        return self.replies.pop(0) if self.replies else ""
-
-
-def test_apo_search_offline_and_with_llm_expander(setup, tmp_path):
+def test_untuned_prompts_and_the_linear_probe(setup):
     enc, clf, splits, data = setup
-    vocab = apo.candidate_vocabulary(clf, 300)
-    cfg = apo.APOConfig(beam_width=2, rounds=2, minibatch=16, num_gradients=1, errors_per_gradient=2, mc_samples=1,
-                        expansions_per_parent=3, budget=64, samples_per_pull=8, arms_per_round=2)
-    expander = apo.TokenEditExpander(clf, vocab, apo.NeighbourParaphraser(clf, vocab), 1, 2, 1)
-    seed_prompt = tuple(enc.token_ids("the sentiment is"))
-    res = apo.apo_search(clf, seed_prompt, expander, splits.train, data, cfg, torch.Generator().manual_seed(0))
-    assert len(res.rounds) == 3 and res.rounds[0].best == seed_prompt and len(res.rounds[-1].beam) <= 2
-    assert all(r.spend <= cfg.budget for r in res.rounds)
-    replies = ["<START>it ignores negation<END>", "<START>decide if the word is positive<END>",
-               "no tags here", "", "x" * 50000]
-    chat = llm.CachedChat(_ScriptedLLM(replies), tmp_path)
-    lx = apo.LLMExpander(chat, clf, num_gradients=2, errors_per_gradient=2, mc_samples=1)
-    res = apo.apo_search(clf, seed_prompt, lx, splits.train, data,
-                         apo.APOConfig(**{**cfg.__dict__, "rounds": 1}), torch.Generator().manual_seed(0))
-    assert lx.outcomes.get("ok", 0) >= 2 and lx.outcomes.get("no_tags", 0) + lx.outcomes.get("empty", 0) >= 1
-    assert tuple(enc.token_ids("decide if the word is positive")) in res.rounds[-1].beam + [c for c in res.rounds[-1].beam]\
-        or res.rounds[-1].candidates >= 2
-    with pytest.raises(ValueError, match="beam_width"):
-        apo.APOConfig(beam_width=0)
-    with pytest.raises(ValueError, match="seed_prompt"):
-        apo.apo_search(clf, (), expander, splits.train, data, cfg, torch.Generator())
+    g = torch.Generator().manual_seed(1)
+    prompts = [soft.init_soft_prompt(clf, 2, how, g) for how in soft.INITS]
+    start = soft.untuned(clf, prompts, names=list(soft.INITS))
+    direct = clf.accuracy(start.prompt, start.mask, data["test"])
+    assert torch.allclose(soft.accuracy(clf, start, data["test"]), direct)   # untuned = the prompts as drawn
+    probe = soft.linear_probe(clf, data["train"], data["dev"], data["test"], cs=(0.1, 1.0))
+    assert 0 <= probe["test"] <= 1 and probe["C"] in (0.1, 1.0)
+
+
+def test_spearman_and_the_random_order_control(setup):
+    a = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert abs(hotflip.spearman(a, a * 10) - 1) < 1e-12 and abs(hotflip.spearman(a, -a) + 1) < 1e-12
+    enc, clf, splits, data = setup
+    vocab = torch.tensor(tasks.whole_word_ids(enc.tokenizer)[:200])
+    study = hotflip.swap_study(clf, data["train"], vocab, trials=2, prompt_length=3, candidates=8, k=2,
+                               batch_size=6, generator=torch.Generator().manual_seed(0))
+    assert all(-1 <= t.spearman <= 1 and -1 <= t.random_spearman <= 1 for t in study)
+
+
+def test_batched_refit_equals_one_at_a_time():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(5, 120, generator=g)
+    y = (torch.rand(120, generator=g) < 0.4).float()
+    batched = token_descent.refit_losses(s, y)
+    assert torch.allclose(batched, torch.tensor([token_descent.refit_loss(r, y) for r in s], dtype=batched.dtype))
+    assert torch.allclose(token_descent.refit_losses(s, y, dtype=torch.float32, tol=1e-6).double(), batched,
+                          atol=1e-5)
+
+
+def test_label_features_carry_their_references(setup):
+    enc = setup[0]
+    out = token_descent.label_features(enc, ["animals"], replicates=1, restarts=1, seed=0, n_positive=8,
+                                       n_negative=8, steps=4, vocabulary_size=300)
+    d = out["animals"][0]
+    assert d.candidates > 0 and 0 <= d.refit_rank < d.candidates
+    assert d.exhaustive_label and d.random_label and d.refit_label
+    assert d.exhaustive_label not in {"dog", "cat"}          # instances are never labels

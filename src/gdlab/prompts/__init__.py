@@ -1,2 +1,3 @@
-"""Prompt optimization on a frozen encoder (chapter 5): soft prompts, HotFlip, token-space
-descent, and the APO / ProTeGi beam search with bandit selection and pluggable expanders."""
+"""Chapter 5: prompt optimization (soft prompts, first-order token swaps, token-space descent, bandits, APO)."""
+# the submodules load heavy models: ``from gdlab.prompts import *`` imports none of them
+__all__ = []

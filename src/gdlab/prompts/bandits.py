@@ -6,11 +6,13 @@ counts evaluated examples. The selectors:
 
 - ``uniform``: every arm gets the same number of pulls;
 - ``ucb``: each round pull the ``arms_per_round`` arms with the largest mean + c sqrt(log t / n_i)
-  (Auer et al. 2002, as used by APO);
+  (Auer et al. 2002, as used by APO); every arm is pulled once before the bonus applies (unpulled
+  arms first, in a random order drawn from the selector's generator);
 - ``ucb-e``: the bonus is sqrt(a / n_i) with a fixed exploration constant (Audibert et al. 2010);
-- ``successive-rejects``: phases of n_k = ceil((T - n) / (logbar(n) (n + 1 - k))) pulls per surviving
-  arm, dropping the worst arm after each (Audibert & Bubeck 2010); its true spend can differ
-  from the nominal budget T because of the ceilings, and is reported;
+- ``successive-rejects``: phases of n_k = ceil((T' - n) / (logbar(n) (n + 1 - k))) pulls per surviving
+  arm, dropping the worst arm after each (Audibert & Bubeck 2010). Stopping once b arms remain
+  and the ceilings make the true spend differ from the schedule's T', so T' is chosen as the
+  largest value whose true spend fits the budget (:func:`successive_rejects_fit`); the spend is reported;
 - ``successive-halving``: ceil(log2(n / b)) rounds that split the budget equally and keep the
   better half (Karnin et al. 2013).
 
@@ -26,6 +28,10 @@ from typing import Callable
 import torch
 
 from gdlab.runtime import check_choice, check_float, check_int
+
+__all__ = ["SELECTORS", "Selection", "log_bar", "successive_rejects_schedule", "successive_rejects_spend",
+           "successive_rejects_fit", "select_top", "top_b_recall", "bernoulli_arms", "table_arms",
+           "recall_study", "recall_gain"]
 
 SELECTORS = ("uniform", "ucb", "ucb-e", "successive-rejects", "successive-halving")
 
@@ -83,9 +89,31 @@ def successive_rejects_spend(n: int, total_pulls: int, b: int = 1) -> int:
     return spent
 
 
+def successive_rejects_fit(n: int, budget_pulls: int, b: int = 1) -> int:
+    """The largest schedule total T' whose true spend (:func:`successive_rejects_spend`) is at most
+    ``budget_pulls``; 0 when even the smallest schedule does not fit."""
+    lo, hi = n, max(n, 4 * budget_pulls + 4 * n)   # spend(T') grows with T' (each n_k does)
+    if successive_rejects_spend(n, lo + 1, b) > budget_pulls:
+        return 0
+    while lo < hi:                                    # largest T' with spend(T') <= budget
+        mid = (lo + hi + 1) // 2
+        if successive_rejects_spend(n, mid, b) <= budget_pulls:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _random_order(scores: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Indices (reps, k) of the k largest ``scores`` per row, ties (``inf`` included) broken at random."""
+    perm = torch.rand(scores.shape, generator=generator, device=generator.device).cpu().argsort(dim=1)
+    order = scores.gather(1, perm).sort(dim=1, descending=True, stable=True).indices[:, :k]
+    return perm.gather(1, order)
+
+
 def select_top(selector: str, pull: PullFn, num_arms: int, b: int, budget: int, *, reps: int = 1,
                samples_per_pull: int = 32, arms_per_round: int | None = None, c: float | None = None,
-               exploration: float | None = None) -> Selection:
+               exploration: float | None = None, generator: torch.Generator | None = None) -> Selection:
     """Spend about ``budget`` example evaluations to pick the top ``b`` of ``num_arms`` arms.
 
     ``pull(arms)`` evaluates each listed arm on one fresh minibatch and returns its mean reward.
@@ -93,6 +121,8 @@ def select_top(selector: str, pull: PullFn, num_arms: int, b: int, budget: int, 
     A pull averages m = ``samples_per_pull`` rewards in [0, 1], so its noise is sigma <= 1 / (2 sqrt(m)).
     The default bonuses use that scale: UCB's c = sigma sqrt(2) (UCB1, Auer et al. 2002) and UCB-E's
     a = 2 sigma^2 log T for a horizon of T pulls (Audibert et al. 2010 leave a as a tuning constant).
+    ``generator`` (CPU) breaks ties at random, among them the order in which UCB pulls its unpulled
+    arms; None means a generator seeded with 0 (results stay deterministic).
     """
     check_choice("selector", selector, SELECTORS)
     n = check_int("num_arms", num_arms, min=1)
@@ -106,6 +136,8 @@ def select_top(selector: str, pull: PullFn, num_arms: int, b: int, budget: int, 
     k = min(k, n)
     T = budget // m                                  # pulls the budget allows
     a = 2 * sigma**2 * math.log(max(T, 2)) if exploration is None else check_float("exploration", exploration, min=0.0)
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
     tally = _Tally(reps, n, pull, m)
     every = torch.arange(n).expand(reps, n)
     if selector == "uniform":
@@ -113,7 +145,7 @@ def select_top(selector: str, pull: PullFn, num_arms: int, b: int, budget: int, 
             raise ValueError(f"parameter 'budget': got {budget}; uniform needs at least num_arms * samples_per_pull = {n * m}")
         for _ in range(T // n):
             tally.pull(every)
-        return tally.result(tally.means.topk(b, dim=1).indices, budget)
+        return tally.result(_random_order(tally.means, b, generator), budget)
     if selector in ("ucb", "ucb-e"):
         for _ in range(max(T // k, 1)):
             counts = tally.counts
@@ -121,21 +153,24 @@ def select_top(selector: str, pull: PullFn, num_arms: int, b: int, budget: int, 
                 bonus = c * torch.sqrt(math.log(counts.sum(1, keepdim=True).clamp_min(1).max()) / counts.clamp_min(1))
             else:
                 bonus = torch.sqrt(a / counts.clamp_min(1))
+            # unpulled arms score +inf: each is pulled once before any bonus counts, in random order
             score = torch.where(counts > 0, tally.means + bonus, torch.full_like(bonus, math.inf))
-            score = score + 1e-9 * torch.rand(score.shape)  # break ties between unpulled arms at random
-            tally.pull(score.topk(k, dim=1).indices)
-        return tally.result(tally.means.topk(b, dim=1).indices, budget)
+            tally.pull(_random_order(score, k, generator))
+        return tally.result(_random_order(tally.means, b, generator), budget)
     alive = every.clone()
     if selector == "successive-rejects":
         if T <= n:
             raise ValueError(f"parameter 'budget': got {budget}; successive rejects needs more than num_arms * samples_per_pull = {n * m}")
+        T_fit = successive_rejects_fit(n, T, b)
+        if T_fit <= n:
+            raise ValueError(f"parameter 'budget': got {budget}; too small for successive rejects over {n} arms")
         prev = 0
-        for nk in successive_rejects_schedule(n, T, b):
+        for nk in successive_rejects_schedule(n, T_fit, b):
             for _ in range(max(nk - prev, 0)):
                 tally.pull(alive)
             prev = max(prev, nk)
             means = tally.means.gather(1, alive)
-            alive = alive.gather(1, means.topk(alive.shape[1] - 1, dim=1).indices)
+            alive = alive.gather(1, _random_order(means, alive.shape[1] - 1, generator))
         return tally.result(alive, budget)
     rounds = max(1, math.ceil(math.log2(n / b)))
     for _ in range(rounds):                                     # successive halving
@@ -145,8 +180,8 @@ def select_top(selector: str, pull: PullFn, num_arms: int, b: int, budget: int, 
         for _ in range(per_arm):
             tally.pull(alive)
         keep = max(b, math.ceil(alive.shape[1] / 2))
-        alive = alive.gather(1, tally.means.gather(1, alive).topk(keep, dim=1).indices)
-    return tally.result(alive.gather(1, tally.means.gather(1, alive).topk(b, dim=1).indices), budget)
+        alive = alive.gather(1, _random_order(tally.means.gather(1, alive), keep, generator))
+    return tally.result(alive.gather(1, _random_order(tally.means.gather(1, alive), b, generator)), budget)
 
 
 def top_b_recall(selected: torch.Tensor, true_means: torch.Tensor, b: int) -> torch.Tensor:
@@ -181,18 +216,33 @@ def table_arms(correct: torch.Tensor, reps: int, samples_per_pull: int, generato
 
 
 def recall_study(make_pull: Callable[[int], PullFn], true_means: torch.Tensor, b: int, budgets, *, reps: int,
-                 samples_per_pull: int, arms_per_round: int, selectors=SELECTORS) -> dict[str, dict[str, list]]:
-    """Top-b recall and true spend of each selector at each nominal budget (APO, Table 2's comparison).
+                 samples_per_pull: int, arms_per_round: int, selectors=SELECTORS,
+                 generator: torch.Generator | None = None) -> dict[str, dict[str, list]]:
+    """Top-b recall (mean and standard error over ``reps``) and true spend of each selector at each
+    nominal budget (APO, Table 2's comparison).
 
-    ``make_pull(reps)`` builds a fresh pull function; ``true_means`` (n,) or (reps, n) are the arms' real values.
+    ``make_pull(reps)`` builds a fresh pull function; ``true_means`` (n,) or (reps, n) are the arms' real values;
+    ``generator`` (CPU) breaks the selectors' ties.
     """
     out = {}
     for s in selectors:
-        rec, spend = [], []
+        rec, se, spend = [], [], []
         for budget in budgets:
             sel = select_top(s, make_pull(reps), true_means.shape[-1], b, budget, reps=reps,
-                             samples_per_pull=samples_per_pull, arms_per_round=arms_per_round)
-            rec.append(float(top_b_recall(sel.top, true_means.expand(reps, -1), b).mean()))
+                             samples_per_pull=samples_per_pull, arms_per_round=arms_per_round, generator=generator)
+            r = top_b_recall(sel.top, true_means.expand(reps, -1), b)
+            rec.append(float(r.mean()))
+            se.append(float(r.std() / math.sqrt(reps)) if reps > 1 else float("nan"))
             spend.append(float(sel.spend.float().mean()))
-        out[s] = {"recall": rec, "spend": spend}
+        out[s] = {"recall": rec, "se": se, "spend": spend}
     return out
+
+
+def recall_gain(study: dict, selector: str, baseline: str = "uniform") -> dict:
+    """Mean top-b recall of ``selector`` minus ``baseline`` over a study's budgets, with its standard error
+    (the runs of the two selectors are independent)."""
+    a, b = study[selector], study[baseline]
+    n = len(a["recall"])
+    gain = sum(x - y for x, y in zip(a["recall"], b["recall"])) / n
+    se = math.sqrt(sum(x * x + y * y for x, y in zip(a["se"], b["se"]))) / n
+    return {"gain": gain, "se": se}

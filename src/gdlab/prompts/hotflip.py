@@ -16,6 +16,9 @@ import torch
 from gdlab.prompts.classifier import Inputs, PromptClassifier
 from gdlab.runtime import check_int
 
+__all__ = ["prompt_gradient", "first_order_scores", "swap_losses", "SwapTrial", "swap_trial", "spearman",
+           "swap_study"]
+
 
 def prompt_gradient(classifier: PromptClassifier, prompt_ids: Sequence[int], inputs: Inputs) -> torch.Tensor:
     """g = dL/de (p, d): gradient of the mean cross-entropy with respect to the prompt's token embeddings."""
@@ -63,11 +66,15 @@ class SwapTrial:
     best_gain: float        # true loss decrease of the best swap
     top_k_gain: float       # best true decrease among the first-order top k
     random_k_gain: float    # best true decrease among k random candidates
+    spearman: float         # rank correlation of the first-order scores with the exact gains
+    random_spearman: float  # ... of a random score (a random order) with the exact gains: the control
 
 
 def swap_trial(classifier: PromptClassifier, prompt_ids: Sequence[int], position: int, candidate_ids: torch.Tensor,
                inputs: Inputs, k: int, generator: torch.Generator) -> SwapTrial:
-    """Rank swaps by the first-order score, then compare with the exhaustive answer (AutoPrompt, Sec. 2.2)."""
+    """Rank swaps by the first-order score, then compare with the exhaustive answer (AutoPrompt, Sec. 2.2):
+    whether the best swap is in the top k, the regret of the top k, and the rank correlation of the whole
+    order with the exact gains, each beside the same quantity for a random order."""
     k = check_int("k", k, min=1, max=len(candidate_ids))
     base = float(classifier.loss(*classifier.embed_prompts([prompt_ids]), inputs)[0].detach())
     scores = first_order_scores(classifier, prompt_ids, inputs, candidate_ids)[position].detach()
@@ -75,9 +82,19 @@ def swap_trial(classifier: PromptClassifier, prompt_ids: Sequence[int], position
     best = int(gains.argmax())
     order = scores.argsort(descending=True)
     rank = int((order == best).nonzero()[0, 0])
-    rand = torch.randperm(len(candidate_ids), generator=generator, device=generator.device)[:k].to(gains.device)
+    perm = torch.randperm(len(candidate_ids), generator=generator, device=generator.device).to(gains.device)
+    rand = perm[:k]
     return SwapTrial(rank, rank < k, bool((rand == best).any()), float(gains[best]),
-                     float(gains[order[:k]].max()), float(gains[rand].max()))
+                     float(gains[order[:k]].max()), float(gains[rand].max()),
+                     spearman(scores, gains), spearman(perm.float(), gains))
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's rank correlation of two score vectors (Pearson's correlation of their ranks)."""
+    ra = a.detach().flatten().argsort().argsort().double()
+    rb = b.detach().flatten().argsort().argsort().double().to(ra.device)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp_min(1e-12))
 
 
 def swap_study(classifier: PromptClassifier, inputs: Inputs, vocabulary: torch.Tensor, *, trials: int = 8,

@@ -18,6 +18,9 @@ from gdlab.prompts.tasks import FIRST_WORD_ID, whole_word_ids
 from gdlab.runtime import check_choice, check_float, check_int
 from gdlab.train import fit
 
+__all__ = ["INITS", "init_soft_prompt", "SoftPromptFit", "group_probabilities", "accuracy", "untuned",
+           "linear_probe", "train_soft_prompts"]
+
 INITS = ("random", "vocab", "label")
 
 
@@ -75,6 +78,47 @@ def accuracy(classifier: PromptClassifier, fitted: SoftPromptFit, inputs: Inputs
     return (group_probabilities(classifier, fitted, inputs).argmax(-1) == inputs.labels).float().mean(1)
 
 
+def untuned(classifier: PromptClassifier, prompts: Sequence[torch.Tensor], *, names: Sequence[str],
+            groups: Sequence[Sequence[int]] | None = None) -> SoftPromptFit:
+    """The prompts as they start, packed like a fit (mixtures with uniform weights): the control of tuning."""
+    groups = [list(g) for g in (groups if groups is not None else [[k] for k in range(len(prompts))])]
+    if len(names) != len(groups):
+        raise ValueError(f"parameter 'names': got {len(names)} names for {len(groups)} models")
+    device, d = classifier.device, prompts[0].shape[-1]
+    p_max = max(p.shape[0] for p in prompts)
+    P = torch.zeros(len(prompts), p_max, d, device=device)
+    mask = torch.zeros(len(prompts), p_max, dtype=torch.long, device=device)
+    for k, p in enumerate(prompts):
+        P[k, :p.shape[0]], mask[k, :p.shape[0]] = p.to(device), 1
+    return SoftPromptFit(list(names), P, mask, groups, [torch.full((len(g),), 1 / len(g)) for g in groups])
+
+
+@torch.no_grad()
+def linear_probe(classifier: PromptClassifier, train: Inputs, dev: Inputs, test: Inputs,
+                 cs: Sequence[float] = (0.01, 0.1, 1.0, 10.0)) -> dict:
+    """A logistic-regression probe on the frozen, unprompted sentence vectors enc([CLS] x [SEP]): the
+    baseline that prompt tuning must be compared with (it trains 385 numbers on the same words).
+    Features are standardized on train; the inverse regularization C is chosen on dev among ``cs``.
+    Returns test accuracy, the chosen C and its dev accuracy."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    no_prompt = classifier.embed_prompts([[]])
+
+    def features(inputs):
+        z = torch.empty(len(inputs), classifier.encoder.E.shape[1], device=classifier.device)
+        for rows, part in inputs.chunks(512):
+            z[rows.to(z.device)] = classifier.embed(*no_prompt, part)[0]
+        return z.cpu().numpy(), inputs.labels.cpu().numpy()
+
+    (xtr, ytr), (xdv, ydv), (xte, yte) = features(train), features(dev), features(test)
+    scale = StandardScaler().fit(xtr)
+    fits = {c: LogisticRegression(C=c, max_iter=2000).fit(scale.transform(xtr), ytr) for c in cs}
+    dev_acc = {c: f.score(scale.transform(xdv), ydv) for c, f in fits.items()}
+    best = max(cs, key=lambda c: (dev_acc[c], -c))
+    return {"test": float(fits[best].score(scale.transform(xte), yte)), "C": best, "dev": float(dev_acc[best])}
+
+
 def train_soft_prompts(classifier: PromptClassifier, prompts: Sequence[torch.Tensor], train: Inputs, dev: Inputs,
                        *, names: Sequence[str], groups: Sequence[Sequence[int]] | None = None, steps: int = 30,
                        lr: float = 0.05, batch_size: int = 16, eval_every: int = 10, em_rate: float = 0.2,
@@ -89,17 +133,9 @@ def train_soft_prompts(classifier: PromptClassifier, prompts: Sequence[torch.Ten
     batch_size = check_int("batch_size", batch_size, min=1, max=len(train))
     eval_every = check_int("eval_every", eval_every, min=1)
     em_rate = check_float("em_rate", em_rate, min=0.0, max=1.0)
-    groups = [list(g) for g in (groups if groups is not None else [[k] for k in range(len(prompts))])]
-    if len(names) != len(groups):
-        raise ValueError(f"parameter 'names': got {len(names)} names for {len(groups)} models")
-    device, d = classifier.device, prompts[0].shape[-1]
-    p_max = max(p.shape[0] for p in prompts)
-    P = torch.zeros(len(prompts), p_max, d, device=device)
-    mask = torch.zeros(len(prompts), p_max, dtype=torch.long, device=device)
-    for k, p in enumerate(prompts):
-        P[k, :p.shape[0]], mask[k, :p.shape[0]] = p.to(device), 1
+    result = untuned(classifier, prompts, names=names, groups=groups)
+    P, mask = result.prompt, result.mask
     P.requires_grad_(True)
-    result = SoftPromptFit(list(names), P, mask, groups, [torch.full((len(g),), 1 / len(g)) for g in groups])
 
     def record(step):
         result.eval_steps.append(step)

@@ -13,8 +13,12 @@ import torch
 from gdlab.data import vader_lexicon
 from gdlab.runtime import check_choice, check_float, check_int, make_generator
 
-# A committed list of common animals (all single WordPiece tokens in the uncased BERT vocabulary
-# are kept; the rest are dropped by ``vocabulary_feature``).
+__all__ = ["ANIMALS", "NUMBER_WORDS", "ACCEPTED_LABELS", "FEATURES", "LABEL_TEXTS", "FIRST_WORD_ID",
+           "LabeledTexts", "TaskSplits", "sentiment_words", "whole_word_ids", "vocabulary_feature",
+           "feature_instances"]
+
+#: A committed list of common animals (all single WordPiece tokens in the uncased BERT vocabulary
+#: are kept; the rest are dropped by ``vocabulary_feature``).
 ANIMALS = (
     "dog cat horse cow pig sheep goat chicken duck goose turkey rabbit mouse rat hamster "
     "lion tiger leopard cheetah jaguar bear wolf fox deer moose elk bison buffalo camel "
@@ -76,7 +80,7 @@ def sentiment_words(n_train: int = 256, n_dev: int = 128, n_test: int = 256, *, 
                     seed: int = 0) -> TaskSplits:
     """Binary word sentiment from the VADER lexicon (Hutto & Gilbert 2014).
 
-    Alphabetic lexicon words whose mean human rating has |mean| >= ``min_abs``; label 1 when
+    Alphabetic lexicon words whose mean human rating has ``|mean| >= min_abs``; label 1 when
     the rating is positive. Each split is class-balanced and the splits are disjoint.
     """
     for name, v in (("n_train", n_train), ("n_dev", n_dev), ("n_test", n_test)):

@@ -34,6 +34,9 @@ from gdlab.prompts.encoder import Encoder
 from gdlab.prompts.tasks import FIRST_WORD_ID, whole_word_ids
 from gdlab.runtime import check_float, check_int, progress
 
+__all__ = ["LabelDescent", "label_vocabulary", "refit_losses", "refit_loss", "TokenVectors",
+           "describe_features", "label_features"]
+
 
 @dataclass
 class LabelDescent:
@@ -47,6 +50,11 @@ class LabelDescent:
     top5: list[str] = field(default_factory=list)
     refit_label: str = ""             # the best of the final top-5 tokens, re-evaluated exactly
     refit_loss: float = float("nan")  # its BCE with the readout (a, b) refitted
+    # filled by :func:`label_features` (the references the descent is judged against)
+    exhaustive_label: str = ""        # the best of all candidate words, every one re-evaluated exactly
+    refit_rank: int = -1              # rank of ``refit_label`` among all candidates by exact loss (0 = best)
+    random_label: str = ""            # the best of as many random candidates as the descent re-evaluates
+    candidates: int = 0               # how many words the label could be
 
     @property
     def final_label(self) -> str:
@@ -59,23 +67,55 @@ def label_vocabulary(encoder: Encoder, exclude: Sequence[int] = (), size: int = 
     return torch.tensor([i for i in whole_word_ids(encoder.tokenizer)[:size] if i not in excluded])
 
 
-def refit_loss(scores: torch.Tensor, y: torch.Tensor, iters: int = 30, l2: float = 1e-4) -> float:
-    """Mean BCE of the best 1-D logistic readout sigma(w s + c) of ``scores`` for 0/1 ``y`` (Newton's method).
+def refit_losses(scores: torch.Tensor, y: torch.Tensor, iters: int = 30, l2: float = 1e-4,
+                 dtype: torch.dtype = torch.float64, tol: float = 1e-9) -> torch.Tensor:
+    """Mean BCE (K,) of the best 1-D logistic readout sigma(w s_k + c) of each row of ``scores`` (K, N)
+    for 0/1 ``y`` (N,), by Newton's method on all K rows at once.
 
-    Used to re-evaluate a label exactly: during descent the readout's (a, b) lag behind the
+    Used to re-evaluate labels exactly: during descent the readout's (a, b) lag behind the
     token, so the final loss of a run that switched token late is not comparable across runs.
-    ``l2`` (on w) keeps separable data finite.
+    ``l2`` (on w) keeps separable data finite. Iterations stop early once no row's step exceeds ``tol``
+    (relative); ``dtype`` float32 halves the cost of an exhaustive search over thousands of rows.
     """
-    s, t = scores.double().flatten(), y.double().flatten()
-    X = torch.stack([s, torch.ones_like(s)], dim=1)
-    theta = torch.zeros(2, dtype=torch.float64, device=s.device)
-    reg = torch.diag(torch.tensor([l2, 0.0], dtype=torch.float64, device=s.device))
+    s, t = scores.to(dtype), y.to(dtype).flatten()
+    n = t.numel()
+    w = torch.zeros(s.shape[0], dtype=dtype, device=s.device)
+    c = torch.zeros_like(w)
     for _ in range(iters):
-        q = torch.sigmoid(X @ theta)
-        grad = X.T @ (q - t) / len(t) + reg @ theta
-        hess = (X * (q * (1 - q))[:, None]).T @ X / len(t) + reg + 1e-9 * torch.eye(2, dtype=torch.float64, device=s.device)
-        theta = theta - torch.linalg.solve(hess, grad)
-    return float(torch.nn.functional.binary_cross_entropy_with_logits(X @ theta, t))
+        q = torch.sigmoid(w[:, None] * s + c[:, None])
+        r, v = q - t, q * (1 - q)
+        gw, gc = (r * s).sum(1) / n + l2 * w, r.sum(1) / n
+        hww = (v * s * s).sum(1) / n + l2 + 1e-9
+        hwc, hcc = (v * s).sum(1) / n, v.sum(1) / n + 1e-9
+        det = hww * hcc - hwc * hwc                     # the 2x2 Newton system, solved in closed form
+        dw, dc = (hcc * gw - hwc * gc) / det, (hww * gc - hwc * gw) / det
+        w, c = w - dw, c - dc
+        if float(torch.maximum(dw.abs() / (1 + w.abs()), dc.abs() / (1 + c.abs())).max()) < tol:
+            break
+    return torch.nn.functional.binary_cross_entropy_with_logits(w[:, None] * s + c[:, None], t.expand_as(s),
+                                                                reduction="none").mean(1)
+
+
+def refit_loss(scores: torch.Tensor, y: torch.Tensor, iters: int = 30, l2: float = 1e-4) -> float:
+    """:func:`refit_losses` of one score vector."""
+    return float(refit_losses(scores.flatten()[None], y, iters, l2)[0])
+
+
+class TokenVectors:
+    """Unit vectors of single tokens encoded as ``[CLS] token [SEP]``, computed once per token and shared."""
+
+    def __init__(self, encoder: Encoder):
+        self.encoder, self.row, self.z = encoder, {}, None
+
+    def add(self, ids) -> None:
+        new = sorted(int(i) for i in set(ids) if int(i) not in self.row)
+        if new:
+            z = _encode_tokens(self.encoder, new)
+            self.z = z if self.z is None else torch.cat([self.z, z])
+            self.row.update({i: len(self.row) + k for k, i in enumerate(new)})
+
+    def __getitem__(self, ids) -> torch.Tensor:
+        return self.z[torch.tensor([self.row[int(i)] for i in ids], device=self.z.device)]
 
 
 @torch.no_grad()
@@ -89,7 +129,8 @@ def _encode_tokens(encoder: Encoder, ids: Sequence[int], chunk: int = 1024) -> t
 def describe_features(encoder: Encoder, features: Sequence[tuple[Sequence[int], torch.Tensor, Sequence[int]]], *,
                       steps: int = 100, lr: float = 0.1, c_ent: float = 0.05, lambda_nat: float = 0.0,
                       straight_through: bool = True, vocabulary_size: int = 5000, init_scale: float = 0.01,
-                      log_every: int = 5, generator: torch.Generator) -> list[LabelDescent]:
+                      log_every: int = 5, generator: torch.Generator,
+                      token_vectors: "TokenVectors | None" = None) -> list[LabelDescent]:
     """Find a one-token label for each binary feature by gradient descent in token space, all at once.
 
     ``features`` holds (token ids, 0/1 labels, ids excluded from the label: the feature's instances).
@@ -114,10 +155,9 @@ def describe_features(encoder: Encoder, features: Sequence[tuple[Sequence[int], 
         allowed[f] = ~torch.isin(vocab, banned)
     E = encoder.E[vocab]                                            # (V, d)
     prior_cost = torch.log1p((vocab - FIRST_WORD_ID).float())       # naturalness substitute (soft part)
-    unique = sorted({int(i) for ids, _, _ in features for i in ids})  # runs share examples: encode each token once
-    z_unique = _encode_tokens(encoder, unique)
-    row = {i: r for r, i in enumerate(unique)}
-    z_x = [z_unique[torch.tensor([row[int(i)] for i in ids], device=device)] for ids, _, _ in features]
+    vectors = TokenVectors(encoder) if token_vectors is None else token_vectors
+    vectors.add({int(i) for ids, _, _ in features for i in ids})  # runs share examples: encode each token once
+    z_x = [vectors[ids] for ids, _, _ in features]
     ys = [labels.to(device).float() for _, labels, _ in features]
     v = (init_scale * torch.randn(F, len(vocab), generator=generator, device=generator.device)).to(device)
     v.requires_grad_(True)
@@ -152,9 +192,10 @@ def describe_features(encoder: Encoder, features: Sequence[tuple[Sequence[int], 
         if step == steps:
             # exact re-evaluation of each run's final top-5 tokens (readout refitted)
             top = vocab[p.detach().topk(min(5, len(vocab)), dim=-1).indices]        # (F, 5)
-            z_top = _encode_tokens(encoder, top.flatten().tolist()).reshape(F, top.shape[1], -1)
+            vectors.add(top.flatten().tolist())
+            z_top = vectors[top.flatten().tolist()].reshape(F, top.shape[1], -1)
             for f, rec in enumerate(out):
-                losses = [refit_loss(z_x[f] @ z, ys[f]) for z in z_top[f]]
+                losses = refit_losses(z_top[f] @ z_x[f].T, ys[f]).tolist()
                 j = min(range(len(losses)), key=losses.__getitem__)
                 rec.refit_loss, rec.refit_label = losses[j], encoder.decode([int(top[f, j])])
             break
@@ -169,25 +210,49 @@ def label_features(encoder: Encoder, names: Sequence[str], *, replicates: int = 
     """Label each feature in ``replicates`` independent replicates (fresh example samples), keeping the
     best of ``restarts`` random initializations in each by the exact loss of its re-evaluated label
     (``refit_label``: the best of its final top-5 tokens, the readout refitted; restarts, then exact
-    re-evaluation, as AutoPrompt re-evaluates its candidates). All runs go through the encoder as one batch."""
+    re-evaluation, as AutoPrompt re-evaluates its candidates). All runs go through the encoder as one batch.
+
+    Each replicate's result also carries two references computed on the same sample: an exhaustive
+    search (every candidate word re-evaluated exactly: ``exhaustive_label``, and ``refit_rank``, the
+    descent label's rank in it) and a random control (as many random candidates as the descent
+    re-evaluates, the best of them by the same exact loss: ``random_label``).
+    """
     from gdlab.prompts.tasks import feature_instances, vocabulary_feature
 
     replicates = check_int("replicates", replicates, min=1)
     restarts = check_int("restarts", restarts, min=1)
-    runs = []
+    runs, samples = [], []
     for name in names:
         exclude = feature_instances(name, encoder.tokenizer)
         for r in range(replicates):
             ids, y = vocabulary_feature(name, encoder.tokenizer, n_positive=n_positive, n_negative=n_negative,
                                         seed=replicates * seed + r)
             runs += [(ids, y, exclude)] * restarts
+            samples.append((ids, y, exclude))
     g = torch.Generator().manual_seed(seed)
-    out = describe_features(encoder, runs, generator=g, **descent_kw)
+    vocab = label_vocabulary(encoder, (), descent_kw.get("vocabulary_size", 5000))
+    vectors = TokenVectors(encoder)
+    vectors.add(set(vocab.tolist()) | {int(t) for ids, _, _ in samples for t in ids})   # one batch for all
+    out = describe_features(encoder, runs, generator=g, token_vectors=vectors, **descent_kw)
+    z_vocab = vectors[vocab.tolist()]
     result, i = {}, 0
     for name in names:
         result[name] = []
         for _ in range(replicates):
-            group = out[i:i + restarts]
-            result[name].append(min(group, key=lambda d: d.refit_loss))
-            i += restarts
+            best = min(out[i * restarts:(i + 1) * restarts], key=lambda d: d.refit_loss)
+            ids, y, exclude = samples[i]
+            banned = set(int(t) for t in exclude) | {int(t) for t, lab in zip(ids, y.tolist()) if lab}
+            allowed = torch.tensor([int(t) not in banned for t in vocab.tolist()])
+            z_x = vectors[ids]
+            losses = refit_losses(z_vocab[allowed.to(z_vocab.device)] @ z_x.T, y.to(z_x.device),
+                                  dtype=torch.float32, tol=1e-6).cpu()
+            words = [encoder.decode([int(t)]) for t in vocab[allowed].tolist()]
+            order = losses.argsort()
+            best.exhaustive_label, best.candidates = words[int(order[0])], len(words)
+            rank = {words[int(j)]: k for k, j in enumerate(order)}
+            best.refit_rank = rank.get(best.refit_label, -1)
+            pick = torch.randperm(len(words), generator=g)[:len(best.top5)]
+            best.random_label = words[int(pick[losses[pick].argmin()])]
+            result[name].append(best)
+            i += 1
     return result
