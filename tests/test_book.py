@@ -24,37 +24,153 @@ def run(root, *args):
     return book.main(["run", *args, "--root", str(root), "--no-progress"])
 
 
+def claims_of(root):
+    return json.loads((root / "_build" / "claims" / "01-toy.json").read_text())
+
+
+def gdlab_claims(root, capsys):
+    capsys.readouterr()
+    code = book.main(["claims", "--root", str(root)])
+    return code, capsys.readouterr().out
+
+
 def test_run_writes_claims_json_in_the_contract_format(toy, capsys):
     assert run(toy, "1", "--seed", "3") == 0
-    records = json.loads((toy / "_build" / "claims" / "01-toy.json").read_text())
-    assert [r["id"] for r in records] == ["C1", "C2"]
+    records = claims_of(toy)
+    assert [r["id"] for r in records] == ["I1", "C2"]
     for r in records:
-        for key in ("id", "source", "statement", "paper_value", "measured", "tolerance", "passed",
-                    "profile", "seed", "device", "wall_time_s"):
+        for key in ("id", "kind", "source", "statement", "paper_value", "measured", "tolerance", "passed", "status",
+                    "controls", "profile", "seed", "device", "threads", "params", "defaults", "commit",
+                    "source_hash", "validated", "wall_time_s", "versions"):
             assert key in r, key
-        assert r["passed"] is True and r["seed"] == 3 and r["profile"] == "quick"
+        assert r["passed"] is True and r["status"] == "PASS" and r["seed"] == 3 and r["profile"] == "quick"
+        assert r["defaults"] is True and r["params"] == {}
+    assert records[0]["kind"] == "identity" and records[0]["controls"] == []
+    (ctl,) = records[1]["controls"]
+    assert ctl["name"] == "N(shift, 1)" and ctl["passed"] is False
     out = capsys.readouterr().out
-    assert "PASS" in out and "C2" in out
+    assert "PASS" in out and "control" in out and "fails (good)" in out
+    assert "1 of 1 reproductions pass; 1 of 1 identities hold" in out
 
 
-def test_failed_claim_exits_nonzero_and_prints_the_table(toy, capsys):
+def test_failed_claim_exits_1_and_prints_the_table(toy, capsys):
     assert run(toy, "01-toy", "-p", "target=2.0") == 1
     out = capsys.readouterr().out
-    assert "FAIL" in out and "ClaimFailure" in out
-    records = json.loads((toy / "_build" / "claims" / "01-toy.json").read_text())
-    assert [r["passed"] for r in records] == [False, True]
+    assert "FAIL" in out and "CLAIM FAILED" in out
+    assert [r["status"] for r in claims_of(toy)] == ["FAIL", "PASS"]
+    code, out = gdlab_claims(toy, capsys)
+    assert code == 1 and "01-toy: FAIL (failed: I1)" in out
 
 
-def test_bad_chapter_parameter_names_the_parameter(toy, capsys):
-    assert run(toy, "1", "-p", "target='abc'") == 1
+def test_a_control_that_passes_fails_its_claim(toy, capsys):
+    assert run(toy, "1", "-p", "control_shift=0.0") == 1
+    c2 = claims_of(toy)[1]
+    assert c2["measurement_passed"] and c2["controls"][0]["passed"] and c2["status"] == "FAIL"
+    assert "cannot tell the effect from its absence" in c2["message"]
+    assert "passes (bad)" in capsys.readouterr().out
+    code, out = gdlab_claims(toy, capsys)
+    assert code == 1 and "01-toy: FAIL" in out and "params: " not in out and "control_shift=0.0" in out
+
+
+def test_bad_chapter_parameter_exits_2_naming_it(toy, capsys):
+    assert run(toy, "1", "-p", "target='abc'") == 2
     out = capsys.readouterr().out
     assert "parameter 'target'" in out and "expected a number" in out
+    (err,) = claims_of(toy)
+    assert err["status"] == "ERROR" and "parameter 'target'" in err["error"]
+    assert run(toy, "1", "-p", "n=5") == 2  # below the declared minimum
+
+
+def test_unknown_parameter_fails_before_execution_listing_the_parameters(toy, capsys):
+    assert run(toy, "1", "-p", "nosuch=1") == 2
+    err = capsys.readouterr().err
+    assert "no parameter 'nosuch'" in err and "control_shift" in err and "target" in err
+    assert not (toy / "_build" / "claims" / "01-toy.json").exists()
+
+
+@pytest.mark.parametrize("flag, exit_code, cause", [
+    ("crash=True", 3, "RuntimeError: the toy chapter crashed on purpose"),
+    ("die=True", 3, "DeadKernelError"),
+])
+def test_a_run_that_does_not_complete_leaves_an_error_record(toy, capsys, flag, exit_code, cause):
+    assert run(toy, "1") == 0
+    assert run(toy, "1", "-p", flag) == exit_code
+    records = claims_of(toy)
+    assert records[0]["id"] == "ERROR" and cause in records[0]["error"]
+    code, out = gdlab_claims(toy, capsys)
+    assert code == 1 and "01-toy: ERROR" in out and cause in out
+
+
+def test_an_interrupted_run_leaves_an_error_record(toy, capsys, monkeypatch):
+    import papermill
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(papermill, "execute_notebook", interrupted)
+    assert run(toy, "1") == 130
+    assert "interrupted" in claims_of(toy)[0]["error"]
+    code, out = gdlab_claims(toy, capsys)
+    assert code == 1 and "01-toy: ERROR (interrupted" in out
+
+
+def test_a_killed_pipeline_leaves_the_started_record(toy, capsys, monkeypatch):
+    from gdlab.book import run as runmod
+
+    def killed(*a, **k):  # the pipeline itself dies before it can write anything else
+        raise SystemExit(137)
+
+    monkeypatch.setattr(runmod, "execute", killed)
+    with pytest.raises(SystemExit):
+        run(toy, "1")
+    code, out = gdlab_claims(toy, capsys)
+    assert code == 1 and "has not completed" in out
+
+
+def test_nbval_mismatch_exits_4_and_records_an_error(toy, capsys):
+    assert run(toy, "1", "-p", "unstable=True", "--validate") == 4
+    assert "nbval" in claims_of(toy)[0]["error"]
+    code, out = gdlab_claims(toy, capsys)
+    assert code == 1 and "01-toy: ERROR (nbval" in out
+
+
+def test_missing_and_stale_records_fail_gdlab_claims(toy, capsys):
+    code, out = gdlab_claims(toy, capsys)
+    assert code == 1 and "01-toy: MISSING" in out
+    assert run(toy, "1", "--validate") == 0
+    assert claims_of(toy)[0]["validated"] is True
+    code, out = gdlab_claims(toy, capsys)
+    assert code == 0 and "01-toy: OK" in out and "defaults" in out
+    source = toy / "book" / "01-toy.md"
+    source.write_text(source.read_text().replace("bins=30", "bins=31"))
+    code, out = gdlab_claims(toy, capsys)
+    assert code == 1 and "01-toy: STALE" in out
+
+
+def test_smoke_records_claims_without_judging_them(toy):
+    assert run(toy, "1", "--profile", "smoke", "-p", "control_shift=0.0") == 0
+    assert {r["status"] for r in claims_of(toy)} == {"NOT JUDGED"}
+    assert run(toy, "1", "--profile", "smoke", "--save") == 2  # smoke runs are never kept
+    assert not (toy / "notebooks").exists()
+
+
+def test_seeds_report_pass_rates_and_spreads(toy, capsys):
+    assert book.main(["run", "1", "--seeds", "0-2", "--root", str(toy)]) == 0
+    summary = json.loads((toy / "_build" / "claims" / "01-toy.seeds.json").read_text())
+    assert summary["seeds"] == [0, 1, 2]
+    c2 = next(c for c in summary["claims"] if c["id"] == "C2")
+    assert c2["passes"] == 3 and c2["controls"][0]["fails"] == 3
+    assert c2["spread"]["min"] <= c2["spread"]["mean"] <= c2["spread"]["max"]
+    out = capsys.readouterr().out
+    assert "3/3 pass" in out and "3/3 fail" in out
 
 
 @pytest.mark.parametrize("args, message", [
     (["1", "--profile", "fast"], "parameter 'profile'"),
     (["7"], "unknown chapter"),
     (["1", "-p", "novalue"], "NAME=VALUE"),
+    (["1", "--seed", str(2**64)], "parameter 'seed'"),
+    (["1", "--seeds", "a-b"], "parameter 'seeds'"),
 ])
 def test_bad_command_line_fails_at_once(toy, capsys, args, message):
     assert run(toy, *args) == 2
@@ -82,7 +198,8 @@ def test_book_builds_html_with_status_page_and_colab_cell(toy):
     assert book.main(["book", "--root", str(toy)]) == 0
     html = toy / "_build" / "html"
     status = (html / "status.html").read_text()
-    assert "Reproduction status" in status and "C2" in status
+    assert "Reproduction status" in status and "C2" in status and "control" in status
+    assert "Identities" in status and "I1" in status
     page = (html / "01-toy.html").read_text()
     assert "colab.research.google.com/github/" in page and "notebooks/01-toy.ipynb" in page
     first = nbformat.read(toy / "_build" / "executed" / "01-toy.ipynb", as_version=4).cells[0]
@@ -90,7 +207,18 @@ def test_book_builds_html_with_status_page_and_colab_cell(toy):
     assert "%pip install" in first.source and book.repository_url(toy) in first.source
 
 
-def test_kept_notebook_must_match_its_source(toy):
+def test_kept_notebook_holds_the_run_parameters_in_its_parameters_cell(toy):
+    assert run(toy, "1", "--seed", "4", "-p", "n=500", "--save") == 0
+    nb = nbformat.read(toy / "notebooks" / "01-toy.ipynb", as_version=4)
+    tags = [c.metadata.get("tags", []) for c in nb.cells]
+    assert not any("injected-parameters" in t for t in tags)
+    (params,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert "seed = 4" in params.source and "n = 500" in params.source
+    assert "# normal draws for C2" not in params.source or "n = 500  " in params.source
+    assert nb.metadata["gdlab"]["source_hash"] and nb.metadata["gdlab"]["params"] == {"n": 500}
+
+
+def test_kept_notebook_must_match_its_source_and_code(toy):
     assert run(toy, "1", "--save") == 0
     kept, source = toy / "notebooks" / "01-toy.ipynb", toy / "book" / "01-toy.md"
     assert book.notebook_matches_source(kept, source, toy)[0]
@@ -103,15 +231,21 @@ def test_kept_notebook_must_match_its_source(toy):
 
 
 def test_parse_parameters():
-    assert book.parse_parameters(["d=20", "noise=0.1", "name=abc", "sizes=[1, 2]"]) == {
-        "d": 20, "noise": 0.1, "name": "abc", "sizes": [1, 2]}
+    assert book.parse_parameters(["d=20", "noise=0.1", "name=abc", "sizes=[1, 2]", "t=(1, 2)"]) == {
+        "d": 20, "noise": 0.1, "name": "abc", "sizes": [1, 2], "t": [1, 2]}
 
 
-def test_status_page_escapes_pipes():
-    page = book.status_page([{"chapter": "01", "id": "C1", "source": "a|b", "statement": "s", "paper_value": 1.0,
-                              "measured": 1.0, "tolerance": "t", "passed": True, "profile": "quick",
-                              "device": "cpu"}])
-    assert "a\\|b" in page and "**PASS**" in page and "1 of 1 pass" in page
+def test_status_page_shows_controls_identities_and_escapes_pipes():
+    from gdlab.claims import Claims
+
+    c = Claims("01", not_reproduced={"C3": "too small here"})
+    c.at_most("C1", source="a|b", statement="s", measured=0.0, bound=1.0, controls={"flow": 2.0})
+    c.between("C3", source="x", statement="s", measured=5.0, lo=0, hi=1, controls={"z": 9.0})
+    c.identity("I1", source="x", statement="exact", measured=0.0, bound=1e-9)
+    page = book.status_page(c.records())
+    assert "a\\|b" in page and "**PASS**" in page and "fails (good)" in page
+    assert "1 of 1 reproductions pass; 1 declared not reproduced; 1 of 1 identities hold" in page
+    assert "Declared not reproduced" in page and "**NOT REPRODUCED**" in page and "Identities" in page
 
 
 # ---- the real book
@@ -144,11 +278,32 @@ def test_no_code_cell_relies_on_a_trailing_semicolon():
             assert not (lines and lines[-1].rstrip().endswith(";")), (source.name, lines[-1] if lines else "")
 
 
-def test_kept_paper_notebooks_match_their_sources():
-    """A kept (paper-profile) notebook whose code no longer matches the chapter source fails here:
-    re-run it with `gdlab run CHAPTER --profile paper --save`."""
+def test_every_parameter_is_declared_in_the_first_code_cell():
+    """The parameters cell lists the knobs; the next code cell declares each one (kind, range, defaults)
+    in one ``rt.params(globals(), ...)`` call, so that a bad value fails before any work is done."""
+    import ast
+
+    from gdlab.book import notebooks
+
+    for source in book.chapters(ROOT):
+        nb = notebooks.read_source(source)
+        cells = [c for c in nb.cells if c.cell_type == "code"]
+        i = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
+        names = set(notebooks.parameter_names(nb)) - {"profile", "seed", "device"}
+        calls = [n for n in ast.walk(ast.parse(cells[i + 1].source))
+                 if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "params"]
+        assert len(calls) == 1, f"{source.name}: the first code cell must call rt.params(globals(), ...) once"
+        declared = {k.arg for k in calls[0].keywords}
+        assert names == declared, (source.name, sorted(names ^ declared))
+
+
+def test_kept_notebooks_are_current():
+    """A kept notebook whose code no longer matches the chapter source, or that was made by older
+    library code, fails here: re-run it with `gdlab run CHAPTER --profile paper --save`."""
+    from gdlab.book import run as runmod
+
     for source in book.chapters(ROOT):
         kept = ROOT / "notebooks" / f"{source.stem}.ipynb"
         if kept.exists():
-            same, why = book.notebook_matches_source(kept, source, ROOT)
-            assert same, f"{kept.name}: {why}"
+            current, why = runmod.kept_is_current(ROOT, source)
+            assert current, f"{kept.name}: {why}"

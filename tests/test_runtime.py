@@ -65,3 +65,53 @@ def test_cuda_generator_is_deterministic():
     rt = runtime.setup("paper", 0, "cuda", style=False)
     assert torch.equal(torch.randn(3, generator=rt.generator(), device="cuda"),
                        torch.randn(3, generator=rt.generator(), device="cuda"))
+
+
+def test_params_declare_kinds_ranges_and_profile_defaults():
+    from gdlab.runtime import Choice, Flag, Float, Floats, Int, Ints, ParameterError
+
+    specs = dict(d=Int(smoke=2, quick=5, paper=20, min=1, max=64), eta=Float(default=0.1, min=0, open_min=True, max=1),
+                 widths=Ints(quick=[4, 8], paper=[16, 32], min=1, max=512, length=(2, 4), increasing=True),
+                 sigmas=Floats(default=[0.0, 1.0], min=0, max=10), kind=Choice(["a", "b"], default="a"),
+                 flag=Flag(default=False))
+    unset = dict.fromkeys(specs)
+    for profile, d, widths in (("smoke", 2, [4, 8]), ("quick", 5, [4, 8]), ("paper", 20, [16, 32])):
+        p = runtime.Runtime(profile, 0, torch.device("cpu")).params(unset, **specs)
+        assert (p.d, p.widths, p.eta, p.kind, p.flag) == (d, widths, 0.1, "a", False)
+    rt = runtime.Runtime("quick", 0, torch.device("cpu"))
+    p = rt.params({**unset, "widths": (2, 3), "d": 7}, **specs)
+    assert p.widths == [2, 3] and p.d == 7 and p.as_dict()["sigmas"] == [0.0, 1.0]
+    with pytest.raises(AttributeError, match="read-only"):
+        p.d = 3
+    for bad, message in [({"d": 65}, r"parameter 'd': got 65; expected an integer in \[1, 64\]"),
+                         ({"widths": [8, 4]}, "parameter 'widths'.*increasing"),
+                         ({"widths": [1, 2, 3, 4, 5]}, "parameter 'widths'.*at most 4"),
+                         ({"eta": 0.0}, "parameter 'eta'.*> 0"),
+                         ({"kind": "c"}, "parameter 'kind'.*allowed values are \\['a', 'b'\\]"),
+                         ({"flag": 1}, "parameter 'flag'.*True or False")]:
+        with pytest.raises(ParameterError, match=message):
+            rt.params({**unset, **bad}, **specs)
+    with pytest.raises(ParameterError, match="not set in the parameters cell"):
+        rt.params({}, d=specs["d"])
+    with pytest.raises(ParameterError, match="no default"):
+        rt.params({"n": None}, n=Int(min=1, max=2))
+    with pytest.raises(TypeError, match="give max"):
+        Int(default=3, min=1)
+    assert "expected an integer in [1, 64]" in p.table()
+
+
+def test_smoke_profile_picks_quick_unless_told_and_is_not_judged():
+    rt = runtime.setup("smoke", 0, "cpu")
+    assert rt.quick and rt.smoke and not rt.judged
+    assert rt.pick(quick=1, paper=2) == 1 and rt.pick(quick=1, paper=2, smoke=0) == 0
+    assert runtime.setup("quick", 0, "cpu").judged
+    with pytest.raises(ValueError, match="parameter 'seed'"):
+        runtime.setup("quick", 2**64)
+
+
+def test_setup_leaves_matplotlib_alone_unless_asked():
+    import matplotlib
+
+    before = dict(matplotlib.rcParams)
+    runtime.setup("quick", 0, "cpu")
+    assert dict(matplotlib.rcParams) == before

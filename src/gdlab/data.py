@@ -107,14 +107,18 @@ def digits(classes: tuple[int, ...] | None = None, test_fraction: float = 0.25, 
 
 def gaussian_mixture(n: int, dim: int, num_classes: int, generator: torch.Generator,
                      separation: float = 3.0, n_test: int = 0) -> Split:
-    """Isotropic Gaussian clusters, one per class, with means of norm ``separation``."""
+    """Isotropic Gaussian clusters, one per class, with means of norm ``separation``.
+
+    Drawn on the generator's device; the split's tensors are on that device.
+    """
     n, dim, num_classes = check_int("n", n, min=1), check_int("dim", dim, min=1), check_int("num_classes", num_classes, min=2)
-    means = torch.randn(num_classes, dim, generator=generator)
+    dev = generator.device
+    means = torch.randn(num_classes, dim, generator=generator, device=dev)
     means = separation * means / means.norm(dim=1, keepdim=True)
 
     def draw(m):
-        y = torch.randint(0, num_classes, (m,), generator=generator)
-        return means[y] + torch.randn(m, dim, generator=generator), y
+        y = torch.randint(0, num_classes, (m,), generator=generator, device=dev)
+        return means[y] + torch.randn(m, dim, generator=generator, device=dev), y
 
     x, y = draw(n)
     xt, yt = draw(n_test)

@@ -1,0 +1,163 @@
+"""The ``gdlab`` command.
+
+    gdlab run CHAPTER [--profile smoke|quick|paper] [--seed N | --seeds 0-5] [-p NAME=VALUE ...]
+                      [--validate] [--save] [--strict-device]
+    gdlab book [--profile ...] [--seed N] [--validate] [--committed] [--no-html] [--strict-device]
+    gdlab claims
+    gdlab check-notebooks
+
+Exit codes of ``run`` and ``book``: 0 ok, 1 a claim failed, 2 a bad command line or parameter,
+3 a chapter did not complete, 4 an nbval mismatch, 130 interrupted (see :mod:`gdlab.book.run`).
+``claims`` and ``check-notebooks`` exit 1 when anything is not in order.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from pathlib import Path
+
+from gdlab.book import notebooks, records, run, site
+from gdlab.book.notebooks import PipelineError
+from gdlab.claims import table_text
+from gdlab.runtime import ParameterError
+
+
+def parse_parameters(pairs: list[str]) -> dict:
+    """``["d=20", "noise=0.1", "name=abc", "sizes=(1, 2)"]`` -> ``{"d": 20, "noise": 0.1, "name": "abc",
+    "sizes": [1, 2]}`` (tuples reach the notebook as lists)."""
+    params = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise PipelineError(f"-p expects NAME=VALUE, got {pair!r}")
+        name, value = pair.split("=", 1)
+        if not name.isidentifier():
+            raise PipelineError(f"-p {pair!r}: {name!r} is not a parameter name")
+        try:
+            params[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            params[name] = value
+        if isinstance(params[name], tuple):
+            params[name] = list(params[name])
+    return params
+
+
+def build_book(root: Path, profile: str = "quick", seed: int = 0, validate_outputs: bool = False,
+               committed: bool = False, html: bool = True, strict_device: bool = False) -> int:
+    """``gdlab book``: execute every chapter (or reuse the kept notebooks) and build the HTML.
+    Returns the exit code: the worst outcome over the chapters."""
+    import nbformat
+
+    results, executed, all_records = [], [], []
+    for source in notebooks.chapters(root):
+        kept = root / "notebooks" / f"{source.stem}.ipynb"
+        if committed and kept.exists():
+            current, why = run.kept_is_current(root, source)
+            if not current:
+                raise PipelineError(f"{kept.relative_to(root)} is out of date: {why}\n"
+                                    f"re-run it with: gdlab run {source.stem} --profile paper --save")
+            nb = nbformat.read(kept, as_version=4)
+            claims, info = run.read_published(nb)
+            meta = dict(nb.metadata.get("gdlab", {}))
+            meta.pop("device", None)  # the claims name their device
+            ename, error = run.cell_error(nb)
+            outcome, error = run.outcome_of(claims, ename, error)
+            result = run.RunResult(source.stem, kept, claims, meta.get("wall_time_s") or 0.0, error, outcome, info)
+            records.write_records(root, source.stem, claims, {**meta, "chapter": source.stem, "kept": True},
+                                  error=error if outcome != "claim" else "")
+            print(f"using kept notebook {kept.relative_to(root)}")
+            run.report(result)
+            rows = records.read_records(root, source.stem) or []
+        else:
+            result = run.run_chapter(root, source.stem, profile, seed, validate_outputs=validate_outputs,
+                                     strict_device=strict_device)
+            rows = records.read_records(root, source.stem) or []
+        results.append(result)
+        executed.append(result.notebook)
+        all_records += [r for r in rows if r.get("id") != records.ERROR_ID]
+    failed = [r for r in results if not r.ok]
+    print("\n== all claims")
+    print(table_text(all_records, ("chapter", "id", "source", "measured", "tolerance", "status")))
+    print(records.summary_line(all_records))
+    if failed:
+        print(f"\nFAILED chapters: {', '.join(f'{r.chapter} ({r.outcome})' for r in failed)}")
+        return max(r.exit_code for r in failed)
+    if html and profile == "smoke" and not committed:
+        print("smoke runs are never shown: no HTML built")
+    elif html:
+        site.build_html(root, executed, all_records)
+    return 0
+
+
+def check_notebooks(root: Path) -> bool:
+    """``gdlab check-notebooks``: every kept notebook runs its chapter's code and was made by the
+    current library code."""
+    ok = True
+    for source in notebooks.chapters(root):
+        kept = root / "notebooks" / f"{source.stem}.ipynb"
+        if not kept.exists():
+            print(f"{source.stem}: no kept notebook")
+            continue
+        current, why = run.kept_is_current(root, source)
+        print(f"{source.stem}: {'current' if current else 'OUT OF DATE: ' + why}")
+        ok &= current
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gdlab", description="Gradient Descent, Reproduced: the book pipeline")
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--profile", default="quick",
+                        help="smoke (seconds, claims not judged), quick (CPU, ~2 min a chapter) or paper (GPU)")
+    common.add_argument("--validate", action="store_true", help="re-run under nbval; outputs must be identical")
+    common.add_argument("--strict-device", action="store_true",
+                        help="raise on device mix-ups, with the CPU kept apart from the run's device as CUDA is")
+    common.add_argument("--root", type=Path, default=None, help="repository root (default: found from here)")
+    run_p = sub.add_parser("run", parents=[common], help="execute one chapter headlessly")
+    run_p.add_argument("chapter", help="file stem (01-icl-as-gd) or number (1)")
+    seeds = run_p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0)
+    seeds.add_argument("--seeds", default=None, metavar="0-5",
+                       help="run at several seeds and report each claim's pass rate and spread")
+    run_p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                       help="override a parameter of the chapter's parameters cell")
+    run_p.add_argument("--save", action="store_true", help="keep the executed notebook in notebooks/")
+    run_p.add_argument("--no-progress", action="store_true")
+    book = sub.add_parser("book", parents=[common], help="execute every chapter and build the HTML")
+    book.add_argument("--seed", type=int, default=0)
+    book.add_argument("--committed", action="store_true",
+                      help="use the kept notebooks in notebooks/ (checked against their sources) where present")
+    book.add_argument("--no-html", action="store_true")
+    for name, text in (("claims", "print the latest claims of every chapter"),
+                       ("check-notebooks", "check the kept notebooks against their sources")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--root", type=Path, default=None)
+    args = parser.parse_args(argv)
+    try:
+        root = args.root.resolve() if args.root else notebooks.find_root()
+        if args.command == "run":
+            params = parse_parameters(args.param)
+            if args.seeds is not None:
+                _, ok = run.run_seeds(root, args.chapter, run.parse_seeds(args.seeds), args.profile, params,
+                                      args.save, not args.no_progress, args.strict_device)
+                return 0 if ok else 1
+            result = run.run_chapter(root, args.chapter, args.profile, args.seed, params, args.validate,
+                                     args.save, not args.no_progress, args.strict_device)
+            return result.exit_code
+        if args.command == "book":
+            return build_book(root, args.profile, args.seed, args.validate, args.committed, not args.no_html,
+                              args.strict_device)
+        if args.command == "claims":
+            return 0 if records.print_claims(root, notebooks.toc_chapters(root)) else 1
+        return 0 if check_notebooks(root) else 1
+    except (PipelineError, ParameterError) as e:
+        print(f"gdlab: error: {e}", file=sys.stderr)
+        return run.EXIT["parameter"]
+    except KeyboardInterrupt:
+        print("gdlab: interrupted", file=sys.stderr)
+        return run.EXIT["interrupt"]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
