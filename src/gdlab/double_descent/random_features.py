@@ -201,21 +201,22 @@ def optimal_ridge_lambda(gamma: float, r2: float = 1.0, sigma2: float = 1.0) -> 
 
 
 def isotropic_risk(n: int, gammas: Sequence[float], sigma: float, generator: torch.Generator,
-                   trials: int = 20, r: float = 1.0, lam: float | str = 0.0) -> np.ndarray:
+                   trials: int = 20, r: float = 1.0, lams: Sequence[float | str] = (0.0,)) -> np.ndarray:
     """Excess risk E_eps ||beta_hat - beta||^2 of least squares with isotropic Gaussian features
-    x ~ N(0, I_p), p = gamma n, ||beta|| = r, one row per trial (trials, len(gammas)). The label
-    noise is averaged exactly: with X = U diag(s) V^T and shrinkage h = s^2 / (s^2 + n lambda),
-    bias = ||beta - V diag(h) V^T beta||^2 and variance = sigma^2 sum h^2 / s^2.
-    ``lam`` = 0 is min-norm (the finite-n counterpart of :func:`ridgeless_risk`); "optimal"
-    uses :func:`optimal_ridge_lambda` at each gamma. Draws on the generator's device."""
+    x ~ N(0, I_p), p = gamma n, ||beta|| = r, for each penalty in ``lams``: an array
+    (len(lams), trials, len(gammas)). The label noise is averaged exactly: with
+    X = U diag(s) V^T and shrinkage h = s^2 / (s^2 + n lambda), the bias is
+    ||beta - V diag(h) V^T beta||^2 and the variance sigma^2 sum h^2 / s^2. A penalty 0 is
+    min-norm (the finite-n counterpart of :func:`ridgeless_risk`); "optimal" uses
+    :func:`optimal_ridge_lambda` at each gamma. All penalties share each draw of (X, beta).
+    Draws on the generator's device."""
     n = check_int("n", n, min=2)
     gammas = check_sequence("gammas", gammas, lambda k, v: check_float(k, v, min=0.0, open_min=True))
     sigma, r = check_float("sigma", sigma, min=0.0), check_float("r", r, min=0.0)
     trials = check_int("trials", trials, min=1)
-    if lam != "optimal":
-        lam = check_float("lam", lam, min=0.0)
+    lams = [lam if lam == "optimal" else check_float(f"lams[{i}]", lam, min=0.0) for i, lam in enumerate(lams)]
     opts = dict(generator=generator, dtype=torch.float64, device=generator.device)
-    risks = np.zeros((trials, len(gammas)))
+    risks = np.zeros((len(lams), trials, len(gammas)))
     for trial in range(trials):
         for j, g in enumerate(gammas):
             p = max(1, round(g * n))
@@ -225,10 +226,12 @@ def isotropic_risk(n: int, gammas: Sequence[float], sigma: float, generator: tor
             _, s, Vh = torch.linalg.svd(X, full_matrices=False)
             keep = rank_cutoff(s)
             s, Vh = s[keep], Vh[keep]
-            penalty = optimal_ridge_lambda(p / n, r**2, sigma**2) if lam == "optimal" else lam
-            h = s**2 / (s**2 + n * penalty)
-            bias = float((beta - Vh.mT @ (h * (Vh @ beta))).pow(2).sum())
-            risks[trial, j] = bias + sigma**2 * float((h**2 / s**2).sum())
+            vb = Vh @ beta
+            for i, lam in enumerate(lams):
+                penalty = optimal_ridge_lambda(p / n, r**2, sigma**2) if lam == "optimal" else lam
+                h = s**2 / (s**2 + n * penalty)
+                bias = float((beta - Vh.mT @ (h * vb)).pow(2).sum())
+                risks[i, trial, j] = bias + sigma**2 * float((h**2 / s**2).sum())
     return risks
 
 
