@@ -48,6 +48,19 @@ def test_the_two_noise_kinds_have_one_law_at_matched_rates():
     assert chi2 < 90 + 5 * (2 * 90) ** 0.5  # the 99.99th percentile is about 90 + 3.7 sqrt(180)
 
 
+def test_label_noise_consumes_the_same_draws_at_any_rate():
+    """Clean and noisy runs of one seed share every later draw (initialization, minibatch order):
+    the noise consumes the same random numbers whatever its rate."""
+    y = torch.randint(0, 10, (300,), generator=torch.Generator().manual_seed(0))
+    after = []
+    for p in (0.0, 0.3):
+        for kind in ("incorrect", "uniform"):
+            g = torch.Generator().manual_seed(5)
+            data.label_noise(y, p, 10, g, kind=kind)
+            after.append(torch.rand(4, generator=g))
+    assert all(torch.equal(a, after[0]) for a in after)
+
+
 def test_label_noise_draws_on_the_generators_device():
     y = torch.randint(0, 10, (100,), generator=torch.Generator().manual_seed(0))
     for kind in ("incorrect", "uniform"):
