@@ -69,13 +69,15 @@ def label_noise(y: torch.Tensor, p: float, num_classes: int, generator: torch.Ge
     num_classes = check_int("num_classes", num_classes, min=2)
     if kind not in LABEL_NOISE_KINDS:
         raise ValueError(f"parameter 'kind': got {kind!r}; allowed values are {list(LABEL_NOISE_KINDS)}")
+    # drawn on the generator's device (the library's rule), then moved to the labels' device
     dev = generator.device
-    flip = torch.rand(y.shape, generator=generator, device=dev) < p
+    flip = (torch.rand(y.shape, generator=generator, device=dev) < p).to(y.device)
     if kind == "incorrect":
-        draw = (y.to(dev) + torch.randint(1, num_classes, y.shape, generator=generator, device=dev)) % num_classes
+        shift = torch.randint(1, num_classes, y.shape, generator=generator, device=dev).to(y.device)
+        draw = (y + shift) % num_classes
     else:
-        draw = torch.randint(0, num_classes, y.shape, generator=generator, device=dev)
-    return torch.where(flip, draw.to(y.dtype), y.to(dev)).to(y.device)
+        draw = torch.randint(0, num_classes, y.shape, generator=generator, device=dev).to(y.device)
+    return torch.where(flip, draw.to(y.dtype), y)
 
 
 def wrong_label_rate(p: float, num_classes: int, kind: str = "incorrect") -> float:
