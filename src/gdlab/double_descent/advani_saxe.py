@@ -1,4 +1,4 @@
-"""Gradient descent in a linear teacher-student model (Advani & Saxe 2017, Secs. 2-3).
+"""Gradient descent in a linear teacher-student model (Advani & Saxe 2017).
 
 A teacher w* labels P = alpha N inputs x ~ N(0, I/N) with noise sigma; a student starts at
 w_0 ~ N(0, sigma0^2 I) and runs full-batch GD on (1/2)||y - X w||^2 (+ (wd/2)||w||^2). Each
@@ -22,7 +22,7 @@ from gdlab.runtime import check_float, check_int
 
 def marchenko_pastur_edges(alpha: float) -> tuple[float, float]:
     """Support [(1 - sqrt(alpha))^2, (1 + sqrt(alpha))^2] of the spectrum of X^T X for
-    X (P, N) with entries N(0, 1/N) and alpha = P/N (Advani & Saxe 2017, Eq. 11)."""
+    X (P, N) with entries N(0, 1/N) and alpha = P/N (the Marchenko-Pastur law used by Advani & Saxe 2017)."""
     alpha = check_float("alpha", alpha, min=0.0, open_min=True)
     return (1 - math.sqrt(alpha)) ** 2, (1 + math.sqrt(alpha)) ** 2
 
@@ -31,7 +31,7 @@ def marchenko_pastur_density(lam, alpha: float):
     """Continuous part of the Marchenko-Pastur density of X^T X (entries N(0, 1/N), alpha = P/N):
     rho(lambda) = sqrt((lambda_+ - lambda)(lambda - lambda_-)) / (2 pi lambda) on the support.
     It integrates to min(alpha, 1); for alpha < 1 the remaining mass 1 - alpha sits at
-    lambda = 0 (Advani & Saxe 2017, Eq. 11)."""
+    lambda = 0."""
     lo, hi = marchenko_pastur_edges(alpha)
     lam = np.asarray(lam, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -57,7 +57,7 @@ def gd_iterates(X: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, eta: float, 
 def spectral_gd_solution(X: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, eta: float,
                          times: torch.Tensor | Sequence[int], weight_decay: float = 0.0) -> torch.Tensor:
     """The GD iterate of (1/2)||y - X w||^2 + (wd/2)||w||^2 at each step count in ``times``, in
-    closed form (Advani & Saxe 2017, Eqs. 7-9, discrete time): with A = X^T X + wd I =
+    closed form (the discrete-time solution of Advani & Saxe 2017's linear model): with A = X^T X + wd I =
     V diag(mu) V^T,
 
         w_t = w_0 + V diag((1 - (1 - eta mu)^t) / mu) V^T (X^T y - A w_0).
@@ -91,21 +91,21 @@ class AdvaniSaxeCurves:
     @property
     def overtraining_ratio(self) -> float:
         """min_t E_g(t) / E_g(t_last) of the trial-mean curve: near 0 when early stopping helps
-        a lot (Advani & Saxe 2017, Fig. 4)."""
+        a lot (Advani & Saxe 2017: worst at alpha = 1)."""
         e = self.test_error.mean(0)
         return float(e.min() / e[-1])
 
     @property
     def frozen_excess(self) -> np.ndarray:
         """Per trial, E_g at the last time minus the same run from w_0 = 0: what the
-        initialization still costs after training (Advani & Saxe 2017, Sec. 3)."""
+        initialization still costs after training (Advani & Saxe 2017's frozen subspace)."""
         return self.test_error[:, -1] - self.test_error_zero_init[:, -1]
 
 
 def advani_saxe_curves(N: int, alpha: float, sigma: float, sigma0: float, generator: torch.Generator,
                        times: Sequence[int], trials: int = 10, sigma_w: float = 1.0,
                        weight_decay: float = 0.0) -> AdvaniSaxeCurves:
-    """Linear teacher-student regression (Advani & Saxe 2017, Sec. 2): teacher w* ~ N(0, sigma_w^2 I),
+    """Linear teacher-student regression (Advani & Saxe 2017): teacher w* ~ N(0, sigma_w^2 I),
     P = alpha N inputs x ~ N(0, I/N), labels y = w*.x + N(0, sigma^2), student w_0 ~ N(0, sigma0^2 I),
     full-batch GD with eta = 1 / lambda_+ (stable on the whole MP support) and optional weight
     decay. Everything, the error at the last time included, comes from the GD trajectory

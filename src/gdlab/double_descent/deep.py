@@ -1,5 +1,5 @@
 """Deep double descent: summaries of MLP sweeps on MNIST-1D over width and over training time
-(Nakkiran, Kaplun, Bansal, Yang, Barak & Sutskever 2019, Secs. 5-6; Greydanus 2020).
+(Nakkiran, Kaplun, Bansal, Yang, Barak & Sutskever 2019; Greydanus 2020).
 
 Both statistics are fixed before any curve is looked at, and both read the critical region off
 the *training* curve alone: the interpolation point (the first width, or epoch, whose training
@@ -67,7 +67,7 @@ def _check_curves(names, *arrays):
 
 
 def model_wise_peak(widths, train_error, test_error, interpolated: float = 0.02, near: float = 1.5) -> dict:
-    """The model-wise double-descent peak (Nakkiran et al. 2019, Sec. 5), from curves of the
+    """The model-wise double-descent peak (Nakkiran et al. 2019), from curves of the
     seed-mean train and test error over width.
 
     The interpolation width h* is the first width whose train error (noisy labels) is at most
@@ -98,7 +98,7 @@ def model_wise_peak(widths, train_error, test_error, interpolated: float = 0.02,
 
 def epoch_wise_peak(epochs, train_error, test_error, interpolated: float = 0.02, near: float = 1.5,
                     smooth: int = 5, final: float = 0.1) -> dict:
-    """The epoch-wise double-descent peak (Nakkiran et al. 2019, Sec. 6), from the seed-mean
+    """The epoch-wise double-descent peak (Nakkiran et al. 2019), from the seed-mean
     train and test error over training epochs, with the same rule as :func:`model_wise_peak`.
 
     The test curve is first smoothed by a centered moving average over ``smooth`` evaluations.

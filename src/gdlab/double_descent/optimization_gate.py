@@ -1,6 +1,6 @@
 """Optimization decides whether the double-descent peak appears (Liu & Flanigan 2023).
 
-Liu & Flanigan (abstract and Sec. 1) argue that "model-wise double descent is observed if and
+Liu & Flanigan (abstract) argue that "model-wise double descent is observed if and
 only if the optimizer can find a sufficiently low-loss minimum", and that initialization,
 normalization, batch size, learning rate and the optimizer all act through the condition number
 of the problem. Gradient descent from zero on random features is a spectral filter

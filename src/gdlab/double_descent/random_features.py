@@ -2,8 +2,8 @@
 test and train error of any spectral filter (min-norm, validation-tuned ridge, budgeted GD), the
 ridgeless closed forms of Hastie et al. and the peak statistics the chapter's claims use.
 
-Belkin, Hsu, Ma & Mandal 2019 (Fig. 2) fit random-feature models with the minimum-norm solution
-and see the test error peak at N = n; Hastie, Montanari, Rosset & Tibshirani 2019 (Thm. 1)
+Belkin, Hsu, Ma & Mandal 2019 fit random-feature models with the minimum-norm solution
+and see the test error peak at N = n; Hastie, Montanari, Rosset & Tibshirani 2019
 give the risk in closed form for isotropic features; Nakkiran, Venkat, Kakade & Ma 2020 show
 that optimally tuned ridge removes the peak.
 """
@@ -26,7 +26,7 @@ FEATURE_KINDS = ("relu", "fourier")
 @dataclass(frozen=True)
 class RandomFeatures:
     """A random-feature map x -> phi(x W + b) with fixed W (d, N) ~ N(0, 1/d) (Rahimi & Recht
-    2007; Belkin et al. 2019, Sec. 3). ``relu``: max(0, x W + b) with b ~ N(0, bias_scale^2)
+    2007; Belkin et al. 2019). ``relu``: max(0, x W + b) with b ~ N(0, bias_scale^2)
     (no bias by default); ``fourier``: sqrt(2) cos(x W + b) with phases b ~ U(0, 2 pi)."""
 
     weights: torch.Tensor
@@ -102,7 +102,7 @@ def feature_curves(n: int, d: int, ratios: Sequence[float], sigma: float, genera
                    ridge_lambdas: Sequence[float] | None = None, n_val: int | None = None,
                    dtype: torch.dtype = torch.float64) -> FeatureCurves:
     """Random-feature regression of a linear teacher y = x.beta + N(0, sigma^2), x ~ N(0, I_d),
-    ||beta|| = 1, with N = ratio * n nested features (Belkin et al. 2019, Fig. 2).
+    ||beta|| = 1, with N = ratio * n nested features (Belkin et al. 2019).
 
     ``filters``: name -> f(s, n), each giving beta = V diag(f(s)) U^T y; their test and train MSE
     are recorded. ``ridge_lambdas``: also fit ridge (1/n)||y - F beta||^2 + lambda ||beta||^2
@@ -176,7 +176,7 @@ def min_norm_filter(s: torch.Tensor, n: int) -> torch.Tensor:
 # ---------------------------------------------------------------- closed forms (isotropic features)
 def ridgeless_risk(gamma, r2: float = 1.0, sigma2: float = 1.0):
     """Asymptotic excess test risk of min-norm least squares with isotropic features,
-    gamma = p/n (Hastie, Montanari, Rosset & Tibshirani 2019, Thm. 1):
+    gamma = p/n (Hastie, Montanari, Rosset & Tibshirani 2019, isotropic features):
     sigma^2 gamma / (1 - gamma) for gamma < 1, r^2 (1 - 1/gamma) + sigma^2 / (gamma - 1) for gamma > 1.
     ``r2`` = ||beta||^2 (signal), ``sigma2`` = noise variance. Infinite at gamma = 1."""
     r2 = check_float("r2", r2, min=0.0)
@@ -193,8 +193,8 @@ def ridgeless_risk(gamma, r2: float = 1.0, sigma2: float = 1.0):
 
 def optimal_ridge_lambda(gamma: float, r2: float = 1.0, sigma2: float = 1.0) -> float:
     """lambda* = sigma^2 gamma / r^2, the risk-minimizing ridge penalty of
-    (1/n)||y - X beta||^2 + lambda ||beta||^2 for isotropic features (Hastie et al. 2019, Thm. 5;
-    Dobriban & Wager 2018): a value from theory, tuned on no data."""
+    (1/n)||y - X beta||^2 + lambda ||beta||^2 for isotropic features (Dobriban & Wager 2018;
+    Hastie et al. 2019): a value from theory, tuned on no data."""
     gamma = check_float("gamma", gamma, min=0.0, open_min=True)
     r2 = check_float("r2", r2, min=0.0, open_min=True)
     return check_float("sigma2", sigma2, min=0.0) * gamma / r2

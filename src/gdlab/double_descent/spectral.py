@@ -26,7 +26,7 @@ def rank_cutoff(s: torch.Tensor, rcond: float | None = None) -> torch.Tensor:
 
 def gd_gain(eta_lam: torch.Tensor, t) -> torch.Tensor:
     """1 - (1 - eta lambda)^t: the fraction of a direction of curvature lambda that t steps of GD
-    have fitted (Advani & Saxe 2017, Eq. 7, discrete time)."""
+    have fitted (discrete-time GD on a quadratic)."""
     return 1 - torch.pow(1 - eta_lam, t)
 
 
@@ -39,7 +39,7 @@ def spectral_solution(F: torch.Tensor, y: torch.Tensor, filt) -> torch.Tensor:
 
 def min_norm_solution(F: torch.Tensor, y: torch.Tensor, rcond: float | None = None) -> torch.Tensor:
     """The minimum-norm least-squares solution F^+ y: the interpolant of smallest norm when
-    N >= n, ordinary least squares when N < n (Hastie et al. 2019, Eq. 2 with lambda -> 0)."""
+    N >= n, ordinary least squares when N < n (Hastie et al. 2019, ridge with lambda -> 0)."""
     def filt(s):
         keep = rank_cutoff(s, rcond)
         return torch.where(keep, 1.0 / torch.where(keep, s, torch.ones_like(s)), torch.zeros_like(s))
@@ -47,7 +47,7 @@ def min_norm_solution(F: torch.Tensor, y: torch.Tensor, rcond: float | None = No
 
 
 def ridge_solution(F: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
-    """argmin_beta (1/n) ||y - F beta||^2 + lambda ||beta||^2 (Hastie et al. 2019, Eq. 3);
+    """argmin_beta (1/n) ||y - F beta||^2 + lambda ||beta||^2 (Hastie et al. 2019);
     lambda = 0 gives the min-norm solution."""
     lam = check_float("lam", lam, min=0.0)
     if lam == 0:
@@ -58,7 +58,7 @@ def ridge_solution(F: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor
 
 def gd_solution(F: torch.Tensor, y: torch.Tensor, eta: float, steps: int) -> torch.Tensor:
     """``steps`` steps of gradient descent on (1/2n) ||y - F beta||^2 from beta = 0, in closed
-    form: the filter (1 - (1 - eta s^2/n)^T) / s (Liu & Flanigan 2023, Sec. 3; Advani & Saxe 2017)."""
+    form: the filter (1 - (1 - eta s^2/n)^T) / s (Liu & Flanigan 2023; Advani & Saxe 2017)."""
     eta = check_float("eta", eta, min=0.0, open_min=True)
     steps = check_int("steps", steps, min=0)
     n = F.shape[-2]
@@ -71,6 +71,6 @@ def gd_solution(F: torch.Tensor, y: torch.Tensor, eta: float, steps: int) -> tor
 
 
 def condition_number(F: torch.Tensor) -> torch.Tensor:
-    """s_max / s_min of F over its min(n, N) singular values (Liu & Flanigan 2023, Sec. 4)."""
+    """s_max / s_min of F over its min(n, N) singular values (Liu & Flanigan 2023)."""
     s = torch.linalg.svdvals(F)
     return s[..., 0] / s[..., -1]
