@@ -2,14 +2,22 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# On a CPU machine, install torch explicitly first so that gdlab's `torch>=2.3` is already met
+# On a CPU machine, install torch explicitly first so that gdlab's `torch>=2.11` is already met
 # and pip never pulls a multi-GB CUDA build. TORCH_INDEX picks a wheel index where needed
 # (GitHub Actions: --index-url https://download.pytorch.org/whl/cpu).
 TORCH       ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv book test unit chapters paper html claims clean
+# The torch floor: the lowest torch that pyproject.toml allows (Colab's preinstalled torch).
+# `make floor` runs the unit tests with exactly that torch in $(FLOOR_VENV), a venv that takes
+# every other package from $(VENV) (a .pth line), so only torch is installed twice. Without a
+# CPU index (TORCH_INDEX) pip takes PyPI's build, with its CUDA libraries (~3 GB, unused on a CPU).
+FLOOR_VERSION := $(shell sed -n 's/^ *"torch>=\([0-9][0-9.]*\)".*/\1/p' pyproject.toml)
+FLOOR_VENV    ?= .venv-floor
+FLOOR_STAMP   := $(FLOOR_VENV)/.installed-$(FLOOR_VERSION)
+
+.PHONY: venv book test unit floor chapters paper html claims clean browser chromium
 
 venv: $(STAMP)
 
@@ -28,10 +36,27 @@ book: venv
 ## HTML build with warnings as errors. Exits non-zero on any failure or failed claim.
 test: venv
 	$(BIN)/python -m pytest -q tests
+	$(MAKE) floor
 	$(BIN)/gdlab book --profile quick --validate
+	$(MAKE) browser
 
 unit: venv
 	$(BIN)/python -m pytest -q tests
+
+## floor: the unit tests (not the pipeline's) at the torch floor, e.g. torch==2.11
+$(FLOOR_STAMP): pyproject.toml $(STAMP)
+	test -n "$(FLOOR_VERSION)" || { echo "no torch>=X floor in pyproject.toml"; exit 1; }
+	test -x $(FLOOR_VENV)/bin/python || $(BIN)/python -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install -q --no-compile "torch==$(FLOOR_VERSION)" $(TORCH_INDEX)
+	echo "import site; site.addsitedir('$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
+	  > "$$($(FLOOR_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_gdlab_main_venv.pth"
+	touch $@
+
+floor: $(FLOOR_STAMP)
+	$(FLOOR_VENV)/bin/python -c "import torch; v = torch.__version__.split('+')[0]; \
+	  assert v.startswith('$(FLOOR_VERSION)'), f'torch {v} is not the floor $(FLOOR_VERSION)'; print('torch floor', v)"
+	PYTHONPATH=src $(FLOOR_VENV)/bin/python -m pytest -q tests -m "not slow" \
+	  --ignore=tests/test_book.py --ignore=tests/test_workflows.py --ignore=tests/test_colab.py
 
 ## paper: on a GPU, execute every chapter at the paper profile and keep the notebooks
 paper: venv
@@ -44,5 +69,20 @@ html: venv
 claims: venv
 	$(BIN)/gdlab claims
 
+## browser: open every page of _build/html (built by `make book` or `make test`) in headless
+## Chromium: fails on a missing image, a broken link or anchor, a JavaScript error, a request to the
+## network, visible raw LaTeX, a code cell wider than the page, a chapter without its Colab link.
+## Screenshots in _build/screenshots. Skips, saying why, where Chromium cannot be installed.
+browser: venv chromium
+	$(BIN)/python -m gdlab.book.browser _build/html
+
+## chromium: Debian's chromium, installed with apt where this is Debian/Ubuntu as root (no browser download)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "chromium: apt-get install failed; the browser check will be skipped"; \
+	  else echo "chromium: not installed and cannot be installed here (needs apt-get as root); the browser check will be skipped"; fi; }
+
 clean:
-	rm -rf _build
+	rm -rf _build $(FLOOR_VENV)

@@ -49,7 +49,9 @@ def test_ipython_requirement_is_met_by_colab():
 
 
 def _run(cmd, **kw):
-    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    # a fresh environment sees nothing of this checkout or of this run's venv
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, **kw)
     assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 
@@ -99,7 +101,8 @@ def test_install_cell_in_a_fresh_colab_like_environment(tmp_path):
     clone = tmp_path / "repo"
     _run(["git", "clone", "-q", str(ROOT), str(clone)])
     ref = _run(["git", "-C", str(clone), "rev-parse", "HEAD"]).strip()
-    url = clone.as_uri()                                      # file:///... : git+file://...
+    # git+file://localhost/...: pip < 24 rejects a git+file:/// URL (no host) as a requirement
+    url = "file://localhost" + clone.as_posix()
     venv = tmp_path / "venv"
     _run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", str(venv)])
     py = str(venv / "bin" / "python")
@@ -111,9 +114,9 @@ def test_install_cell_in_a_fresh_colab_like_environment(tmp_path):
     cell = colab.install_cell_source(url, ref, ["prompts"])
     (tmp_path / "cell.py").write_text(cell)
     (tmp_path / "driver.py").write_text(DRIVER)
-    report = json.loads(_run([py, str(tmp_path / "driver.py"), str(tmp_path / "cell.py")],
-                             cwd=tmp_path).strip().splitlines()[-1])
-    assert report == {"outside_ok": True, "nothing_outside": True, "inside_ok": True, "exit_code": 0}, report
+    log = _run([py, str(tmp_path / "driver.py"), str(tmp_path / "cell.py")], cwd=tmp_path)
+    report = json.loads(log.strip().splitlines()[-1])
+    assert report == {"outside_ok": True, "nothing_outside": True, "inside_ok": True, "exit_code": 0}, log[-5000:]
     (tmp_path / "few_lines.py").write_text(FEW_LINES)
     out = _run([py, str(tmp_path / "few_lines.py")], cwd=tmp_path)
     result = json.loads(out.split("RESULT", 1)[1])

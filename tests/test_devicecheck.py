@@ -128,6 +128,9 @@ def test_cuda_rules_that_allow_mixing():
         d[torch.tensor([0, 1])] = torch.tensor(7.0)          # 0-dim value by advanced indexing
         h.copy_(d)
         torch.lerp(d, d, 0.25)                               # a Python float weight
+        d.new_tensor(np.ones(5)) + d                          # new_tensor/torch.tensor copy their data
+        torch.tensor([d[0], d[1]]).numpy()                    # items of a list become host numbers
+        d.index_fill(0, torch.tensor([1], device=RT.device), torch.tensor(3.0))   # a 0-dim host value
         float(d.sum()), d.sum().item(), d.tolist(), repr(d)
         assert torch.zeros(5, device=h.device).add(h).numpy().shape == (5,)   # x.device of a host x
 
@@ -287,8 +290,8 @@ def test_enable_disable_and_the_context_manager():
 
 
 def test_run_generators_count_as_device_generators():
-    g_run, g_host = RT.generator(0), RT.generator(0, device="cpu")
     with strict_device(RT.device):
+        g_run, g_host = RT.generator(0), RT.generator(0, device="cpu")
         torch.randn(2, generator=g_run, device=g_run.device)
         torch.randn(2, generator=g_host)
         with pytest.raises(GeneratorDeviceError):

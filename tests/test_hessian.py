@@ -1,5 +1,6 @@
 """Tests for gdlab.hessian: HVPs, Lanczos, Hutchinson, SLQ against dense Hessians."""
 import copy
+import warnings
 
 import pytest
 import torch
@@ -171,3 +172,162 @@ def test_cuda_matches_cpu(problem):
     model_cuda = small_problem()[0].cuda()
     vals, _ = hessian.top_eigenpairs(model_cuda, loss_fn, (x.cuda(), y.cuda()), k=2, tol=1e-9)
     torch.testing.assert_close(vals.cpu(), torch.linalg.eigvalsh(H).flip(0)[:2], rtol=1e-7, atol=1e-9)
+
+
+# ---------------------------------------------------------------- a toolkit a researcher can trust
+def test_unconverged_lanczos_warns_with_the_residuals(problem):
+    model, loss_fn, x, y, H = problem
+    with pytest.warns(hessian.HessianNotConvergedWarning, match=r"relative residuals .*\[.*e-"):
+        vals, vecs = hessian.top_eigenpairs(model, loss_fn, (x, y), k=3, tol=1e-12, max_iter=6)
+    assert vals.shape == (3,) and vecs.shape == (3, H.shape[0])
+    with pytest.raises(hessian.NotConvergedError) as err:
+        hessian.top_eigenpairs(model, loss_fn, (x, y), k=3, tol=1e-12, max_iter=6, strict=True)
+    info = err.value.info
+    assert not info["converged"] and info["iterations"] == 6 and len(info["relative_residuals"]) == 3
+    assert max(info["relative_residuals"]) > 1e-12
+    # the residuals reported are the true ones: ||H u - theta u|| for the returned pairs
+    true = [float((H @ u - lam * u).norm()) for lam, u in zip(err.value.values, err.value.vectors)]
+    torch.testing.assert_close(torch.tensor(info["residuals"], dtype=torch.float64),
+                               torch.tensor(true, dtype=torch.float64), rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["lanczos", "arpack"])
+def test_converged_runs_are_silent_and_report_residuals(problem, method):
+    model, loss_fn, x, y, H = problem
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vals, vecs, info = hessian.top_eigenpairs(model, loss_fn, (x, y), k=2, tol=1e-8, method=method,
+                                                  return_info=True)
+    assert info["converged"] and info["hvps"] >= 2
+    assert all(r <= 1e-6 for r in info["relative_residuals"])
+
+
+def test_unconverged_arpack_warns(problem, monkeypatch):
+    """ARPACK giving up (ArpackNoConvergence with partial results) becomes our warning, not a crash."""
+    import scipy.sparse.linalg as sla
+
+    model, loss_fn, x, y, H = problem
+    evals, evecs = torch.linalg.eigh(H)
+
+    def give_up(A, k, **kw):
+        raise sla.ArpackNoConvergence("no convergence", evals[-2:].numpy(), evecs[:, -2:].numpy())
+
+    monkeypatch.setattr(sla, "eigsh", give_up)
+    with pytest.warns(hessian.HessianNotConvergedWarning, match="arpack did not converge"):
+        vals, _ = hessian.top_eigenpairs(model, loss_fn, (x, y), k=3, method="arpack")
+    assert vals.shape == (2,)
+
+
+def test_train_mode_warning_only_when_the_mode_matters(problem):
+    _, loss_fn, x, y, _ = problem
+    plain = small_problem()[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hessian.hvp(plain.train(), loss_fn, (x, y), torch.ones(hessian.num_params(plain), dtype=torch.float64))
+    for layer in (torch.nn.Dropout(0.3), torch.nn.BatchNorm1d(6)):
+        net = torch.nn.Sequential(torch.nn.Linear(5, 6), layer, torch.nn.Tanh(), torch.nn.Linear(6, 3)).double()
+        with pytest.warns(hessian.TrainModeWarning, match="model.eval()"):
+            hessian.top_eigenpairs(net.train(), loss_fn, (x, y), k=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            hessian.top_eigenpairs(net.eval(), loss_fn, (x, y), k=1)
+    assert hessian.mode_dependent_layers(torch.nn.Sequential(torch.nn.Dropout(0.0), torch.nn.ReLU())) == []
+
+
+class TwoInputs(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(5, 3), torch.nn.Linear(2, 3)
+
+    def forward(self, u, w):
+        return torch.tanh(self.a(u)) * self.b(w)
+
+
+def test_tuple_and_dict_batches():
+    g = torch.Generator().manual_seed(0)
+    model = TwoInputs().double()
+    u, w = torch.randn(20, 5, generator=g, dtype=torch.float64), torch.randn(20, 2, generator=g, dtype=torch.float64)
+    y = torch.randn(20, 3, generator=g, dtype=torch.float64)
+    loss_fn = torch.nn.functional.mse_loss
+    H = dense_two_inputs(model, loss_fn, u, w, y)
+    v = torch.randn(H.shape[0], generator=g, dtype=torch.float64)
+    for data in (((u, w), y), ([u, w], y), ({"u": u, "w": w}, y), {"u": u, "w": w, "labels": y},
+                 [({"u": u[:7], "w": w[:7]}, y[:7]), ({"u": u[7:], "w": w[7:]}, y[7:])],
+                 [{"u": u[:13], "w": w[:13], "y": y[:13]}, {"u": u[13:], "w": w[13:], "y": y[13:]}]):
+        torch.testing.assert_close(hessian.hvp(model, loss_fn, data, v), H @ v, rtol=1e-10, atol=1e-12)
+    # a dict with one input besides the targets calls model(x)
+    model1, loss1, x, yy = small_problem()
+    H1 = dense_hessian(model1, loss1, x, yy)
+    vals, _ = hessian.top_eigenpairs(model1, loss1, {"x": x, "y": yy}, k=1, tol=1e-9)
+    torch.testing.assert_close(vals[0], torch.linalg.eigvalsh(H1)[-1], rtol=1e-7, atol=0)
+    loader = torch.utils.data.DataLoader(torch.utils.data.StackDataset(x=x, y=yy), batch_size=10)
+    torch.testing.assert_close(hessian.flat_grad(model1, loss1, loader), hessian.flat_grad(model1, loss1, (x, yy)))
+    with pytest.raises(ValueError, match="exactly one of the keys"):
+        hessian.hvp(model1, loss1, {"x": x, "target": yy, "y": yy}, torch.zeros(hessian.num_params(model1), dtype=torch.float64))
+
+
+def dense_two_inputs(model, loss_fn, u, w, y):
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def f(t):
+        parts = dict(zip(names, [s.view(sh) for s, sh in zip(torch.split(t, sizes), shapes)]))
+        return loss_fn(functional_call(model, parts, (u, w)), y)
+
+    return torch.autograd.functional.hessian(f, flat)
+
+
+@pytest.mark.parametrize("backend", ["autograd", "auto"])  # "func" fails on mse_loss (ZeroTensor, see report)
+def test_block_hvps_and_backends(problem, backend):
+    model, loss_fn, x, y, H = problem
+    V = torch.randn(7, H.shape[0], generator=torch.Generator().manual_seed(5), dtype=H.dtype)
+    torch.testing.assert_close(hessian.hvp(model, loss_fn, (x, y), V, backend=backend), V @ H, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(hessian.hvp(model, loss_fn, (x, y), V[0], backend=backend), H @ V[0],
+                               rtol=1e-10, atol=1e-12)
+    batches = [(x[i:i + 10], y[i:i + 10]) for i in range(0, x.shape[0], 10)]
+    torch.testing.assert_close(hessian.hvp(model, loss_fn, batches, V, backend=backend), V @ H, rtol=1e-10,
+                               atol=1e-12)
+
+
+def test_hutchinson_block_size_does_not_change_the_estimate(problem):
+    model, loss_fn, x, y, _ = problem
+    a = hessian.hutchinson_trace(model, loss_fn, (x, y), n_samples=50, generator=torch.Generator().manual_seed(1),
+                                 block=1)
+    b = hessian.hutchinson_trace(model, loss_fn, (x, y), n_samples=50, generator=torch.Generator().manual_seed(1),
+                                 block=16)
+    assert abs(a - b) <= 1e-10 * max(1.0, abs(a))
+
+
+def test_hutchpp_is_unbiased_and_beats_hutchinson_with_outliers():
+    """A Hessian with a few dominant eigenvalues (a trained-classifier-like spectrum): at equal HVPs
+    Hutch++'s error is several times smaller (Meyer et al. 2021, Thm. 1), and both are unbiased."""
+    g = torch.Generator().manual_seed(0)
+    P = 60
+    U, _ = torch.linalg.qr(torch.randn(P, P, generator=g, dtype=torch.float64))
+    lam = torch.cat([torch.tensor([50.0, 30.0, 20.0, 10.0], dtype=torch.float64),
+                     0.1 * torch.randn(P - 4, generator=g, dtype=torch.float64)])
+    A = (U * lam) @ U.T
+
+    class Quadratic(torch.nn.Module):  # loss 0.5 w^T A w: its Hessian is A
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(P, generator=g, dtype=torch.float64))
+
+        def forward(self, x):
+            return (0.5 * self.w @ A @ self.w).reshape(1, 1).expand(x.shape[0], 1)
+
+    model = Quadratic()
+    quad = lambda out, t: out.mean()  # noqa: E731
+    data = (torch.zeros(2, 1, dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64))
+    exact = float(lam.sum())
+    errs_h, errs_pp = [], []
+    for s in range(30):
+        errs_h.append(hessian.hutchinson_trace(model, quad, data, n_samples=30,
+                                               generator=torch.Generator().manual_seed(s)) - exact)
+        errs_pp.append(hessian.hutchpp_trace(model, quad, data, n_matvecs=30,
+                                             generator=torch.Generator().manual_seed(s)) - exact)
+    rms = lambda e: (sum(v * v for v in e) / len(e)) ** 0.5  # noqa: E731
+    assert rms(errs_pp) * 5 < rms(errs_h)
+    assert abs(sum(errs_pp) / 30) < 4 * rms(errs_pp) / 30 ** 0.5 + 1e-9

@@ -29,6 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+__all__ = ["MIMETYPE", "COLUMNS", "KINDS", "FAILING", "ClaimFailure", "Control", "ControlResult", "Claim",
+           "fmt", "Claims", "table_text", "STATUS_COLORS", "table_html", "status_of"]
+
+
 MIMETYPE = "application/vnd.gdlab.claims+json"
 COLUMNS = ("id", "source", "statement", "paper_value", "measured", "tolerance", "status")
 KINDS = ("reproduction", "identity")
@@ -226,7 +230,7 @@ class Claims:
 
     def close(self, id: str, *, source: str, statement: str, measured: float, target: float,
               rtol: float = 0.0, atol: float = 0.0, paper_value: Any = None, **kw) -> Claim:
-        """PASS iff |measured - target| <= atol + rtol |target| (for the measurement; every control must fail it)."""
+        """PASS iff ``|measured - target| <= atol + rtol |target|`` (for the measurement; every control must fail it)."""
         target = float(target)
         tol = " + ".join(t for t in (f"atol {atol:g}" if atol else "", f"rtol {rtol:g}" if rtol else "") if t)
 

@@ -11,6 +11,9 @@ import torch
 from gdlab.runtime import check_float, check_int
 
 
+__all__ = ["Split", "mnist1d", "LABEL_NOISE_KINDS", "label_noise", "wrong_label_rate", "digits", "gaussian_mixture", "vader_lexicon"]
+
+
 @dataclass
 class Split:
     """A train/test split as tensors: ``x`` (n, features) and integer labels ``y`` (n,)."""

@@ -35,6 +35,13 @@ In this mode, CUDA's rules apply (see :class:`DeviceMixError` and friends):
 instead of the tensor itself, so the original keeps its side. NumPy results are unchanged:
 only aliasing between the two sides differs from a plain CPU run, as it does on CUDA.
 
+Limits: tensors the mode never sees being made count as device tensors: batches from DataLoader
+worker processes (``num_workers > 0``), ``torch.load`` results (load with
+``map_location=rt.device`` and use ``.cpu()`` for NumPy), and ``from_numpy`` bound by
+``from torch import from_numpy`` before the mode was on. Ops allowed on CUDA with a 0-dim CPU
+tensor are modelled broadly (elementwise ops, reductions, ``where``); a few rarer ops that refuse
+even a CPU scalar on CUDA may pass here.
+
 Use it as ``with strict_device(rt.device): ...``, or ``enable(rt.device)`` / ``disable()``;
 ``gdlab.setup`` enables it when the environment variable ``GDLAB_STRICT_DEVICE=1`` is set
 (``gdlab run CHAPTER --strict-device``). With a run device other than the CPU the hardware
@@ -84,7 +91,7 @@ class GeneratorDeviceError(DeviceCheckError, RuntimeError):
 
 # ---------------------------------------------------------------- tags
 _host: dict[int, weakref.ref] = {}                       # id(tensor) -> weak reference, host tensors only
-_device_generators: "weakref.WeakSet[torch.Generator]" = weakref.WeakSet()
+_device_generators: dict[int, torch.Generator] = {}    # while the mode is on (torch < 2.12: no weakrefs)
 _host_devices: dict[int, torch.device] = {}              # torch.device objects returned by host .device
 _host_device_order: collections.deque = collections.deque()
 _HOST_DEVICES_KEPT = 4096
@@ -132,16 +139,18 @@ def mark_device(t: Tensor) -> Tensor:
 
 
 def mark_device_generator(g: torch.Generator) -> torch.Generator:
-    """Count ``g`` as a generator on the run's device (what :meth:`Runtime.generator` makes); returns ``g``.
+    """Count ``g`` as a generator on the run's device (what :meth:`gdlab.runtime.Runtime.generator` makes); returns ``g``.
 
-    Cheap and harmless when the mode is off, so the runtime calls it for every run generator.
+    A no-op when the mode is off, so the runtime calls it for every run generator; generators
+    made before the mode is on count as host generators. The mode keeps them until it is disabled.
     """
-    _device_generators.add(g)
+    if _state["mode"] is not None:
+        _device_generators[id(g)] = g
     return g
 
 
 def _generator_side(g: torch.Generator) -> str:
-    return DEVICE if g in _device_generators else HOST
+    return DEVICE if _device_generators.get(id(g)) is g else HOST
 
 
 def _device_arg_side(dev: Any, fallback: str | None = None) -> str:
@@ -294,7 +303,7 @@ _GENERIC_NO_MIX_NAMES = (
     "row_stack", "block_diag", "cartesian_prod", "meshgrid", "matmul", "mm", "bmm", "mv", "dot",
     "vdot", "outer", "ger", "inner", "tensordot", "kron", "einsum", "index_select", "gather",
     "scatter", "scatter_", "scatter_add", "scatter_add_", "scatter_reduce", "scatter_reduce_",
-    "index_add", "index_add_", "index_copy", "index_copy_", "index_fill", "index_fill_", "take",
+    "index_add", "index_add_", "index_copy", "index_copy_", "take",
     "take_along_dim", "put", "put_", "searchsorted", "bucketize", "cdist", "embedding", "linear",
     "bilinear", "masked_select", "masked_scatter", "masked_scatter_")
 for _n in _GENERIC_NO_MIX_NAMES:
@@ -306,6 +315,7 @@ for _n in _GENERIC_NO_MIX_NAMES:
 _FACTORIES_FROM_DATA = {torch.tensor, torch.as_tensor, torch.asarray}
 _NEW = {getattr(torch.Tensor, n) for n in ("new_tensor", "new_zeros", "new_ones", "new_empty",
                                           "new_full", "new_empty_strided") if hasattr(torch.Tensor, n)}
+_FROM_DATA = _FACTORIES_FROM_DATA | _NEW      # copy their data to the target side: no mixing
 _LERP = {torch.lerp, torch.Tensor.lerp, torch.Tensor.lerp_}
 _FOREACH_LERP = {getattr(torch, n) for n in ("_foreach_lerp", "_foreach_lerp_") if hasattr(torch, n)}
 _KEEP_SELF = {torch.Tensor.copy_, torch.Tensor.set_}   # cross-device by design; self keeps its side
@@ -362,9 +372,9 @@ def _generic(func, args, kwargs):
             host = t
             if host_big is None and t.dim() > 0:
                 host_big = t
-    if host is None and tensors and not kwargs:
+    if host is None and tensors and not kwargs and func not in _FROM_DATA:
         return func(*args)                               # the common case: device tensors only
-    if dev is not None and host is not None:
+    if dev is not None and host is not None and func not in _FROM_DATA:
         if host_big is not None:
             _fail(_mix_error(func, dev, host_big, "CUDA refuses it ('Expected all tensors to be on "
                                                   "the same device'); only 0-dim host tensors may meet "
@@ -715,6 +725,7 @@ def disable() -> None:
         _host.clear()
         _host_devices.clear()
         _host_device_order.clear()
+        _device_generators.clear()
         _state["device"] = None
 
 

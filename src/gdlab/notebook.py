@@ -1,4 +1,4 @@
-"""Notebook helpers for the chapters: measured numbers glued into the prose.
+"""Notebook helpers for the chapters: measured numbers glued into the prose, and sharp figures.
 
 ``glue("c2_gap", 0.031)`` in a code cell stores the value in the cell's outputs without showing
 it; the chapter's prose then shows it with ``{glue:text}`c2_gap:.3f``` (myst-nb). The output
@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = ["GLUE_PREFIX", "FIGURE_FORMAT", "glue", "figure_format"]
+
 GLUE_PREFIX = "application/papermill.record/"
+FIGURE_FORMAT = "retina"
 
 
 def glue(name: str, value: Any, display: bool = False) -> None:
@@ -30,3 +33,21 @@ def glue(name: str, value: Any, display: bool = False) -> None:
     prefix = "" if display else GLUE_PREFIX
     metadata["scrapbook"] = {"name": name, "mime_prefix": prefix}
     ipy_display({prefix + k: v for k, v in bundle.items()}, raw=True, metadata=metadata)
+
+
+def figure_format(fmt: str = FIGURE_FORMAT) -> bool:
+    """Show inline figures sharp on high-density screens: ``"retina"`` PNGs have twice the pixels
+    and carry their display size in the output's metadata (the book's HTML shows them at that
+    size). PNG outputs are not compared by nbval, so validation stays stable; an SVG would be.
+
+    Does nothing outside IPython (a script, a test); returns whether the format was set."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    if get_ipython() is None:
+        return False
+    from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+    set_matplotlib_formats(fmt)
+    return True

@@ -1,34 +1,51 @@
-"""One figure style for the whole book, and a few figure helpers."""
+"""One figure style for the whole book, and a few figure helpers.
+
+The style lives in a matplotlib style file shipped with the package (``gdlab.mplstyle``,
+:data:`STYLE_PATH`). Importing gdlab changes nothing: use it for some figures with
+``with plotting.style(): ...``, or for the whole session with :func:`use_style` (what the
+chapters do) or ``plt.style.use(plotting.STYLE_PATH)``.
+"""
 from __future__ import annotations
 
-import matplotlib
+import contextlib
+from pathlib import Path
 
+__all__ = ["COLORS", "STYLE", "STYLE_PATH", "style", "use_style", "subplots", "heatmap", "reference_line"]
+
+STYLE_PATH = str(Path(__file__).with_name("gdlab.mplstyle"))
 COLORS = ["#0b5fa5", "#d1495b", "#2a9d8f", "#edae49", "#6a4c93", "#8d99ae", "#3d405b", "#f4a261"]
 
-STYLE = {
-    "figure.figsize": (6.0, 3.6),
-    "figure.dpi": 110,
-    "savefig.dpi": 150,
-    "font.size": 10,
-    "axes.titlesize": 10,
-    "axes.labelsize": 10,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.alpha": 0.25,
-    "legend.frameon": False,
-    "legend.fontsize": 9,
-    "lines.linewidth": 1.6,
-    "image.cmap": "RdBu_r",
-    "axes.prop_cycle": matplotlib.cycler(color=COLORS),
-}
+
+def _read_style() -> dict:
+    import matplotlib
+
+    return dict(matplotlib.rc_params_from_file(STYLE_PATH, use_default_template=False))
+
+
+def __getattr__(name):
+    if name == "STYLE":  # the style file's settings as a dict (read when asked for)
+        return _read_style()
+    raise AttributeError(f"module 'gdlab.plotting' has no attribute {name!r}")
+
+
+@contextlib.contextmanager
+def style():
+    """The book's figure style inside a ``with`` block only; matplotlib's settings are restored
+    on leaving it."""
+    import matplotlib.pyplot as plt
+
+    with plt.style.context(STYLE_PATH):
+        yield
 
 
 def use_style() -> None:
-    """Apply the book's matplotlib style (idempotent)."""
+    """Apply the book's figure style globally, for the rest of the session (an explicit opt-in;
+    idempotent)."""
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update(STYLE)
+    plt.style.use(STYLE_PATH)
+    from gdlab.notebook import figure_format
+    figure_format()  # inline figures sharp on high-density screens (retina PNG)
 
 
 def subplots(ncols: int = 1, nrows: int = 1, width: float = 3.4, height: float = 3.0, **kw):

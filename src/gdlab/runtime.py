@@ -24,6 +24,12 @@ import torch
 
 from gdlab import devicecheck
 
+__all__ = ["PROFILES", "DTYPES", "MAX_SEED", "ParameterError", "ParameterTypeError", "check_choice",
+           "check_int", "check_float", "check_sequence", "Int", "Float", "Ints", "Floats", "Choice", "Flag",
+           "Text", "Params", "check_params", "pick_device", "pick_dtype", "seed_everything", "make_generator",
+           "device_name", "Runtime", "setup", "progress"]
+
+
 PROFILES = ("quick", "paper", "smoke")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 MAX_SEED = 2**64 - 1  # torch.manual_seed accepts seeds up to 2**64 - 1

@@ -14,6 +14,9 @@ import torch
 from gdlab.runtime import check_choice, check_float, check_int, progress
 
 
+__all__ = ["History", "make_optimizer", "fit"]
+
+
 @dataclass
 class History:
     """Logged values: ``steps[i]`` is the step at which ``loss[i]`` was recorded."""

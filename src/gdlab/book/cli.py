@@ -1,4 +1,4 @@
-"""The ``gdlab`` command.
+"""The ``gdlab`` command::
 
     gdlab run CHAPTER [--profile smoke|quick|paper] [--seed N | --seeds 0-5] [-p NAME=VALUE ...]
                       [--validate] [--save] [--strict-device]
@@ -21,6 +21,9 @@ from gdlab.book import notebooks, records, run, site
 from gdlab.book.notebooks import PipelineError
 from gdlab.claims import table_text
 from gdlab.runtime import ParameterError
+
+
+__all__ = ["parse_parameters", "build_book", "check_notebooks", "main"]
 
 
 def parse_parameters(pairs: list[str]) -> dict:

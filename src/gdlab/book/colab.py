@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import re
 
+__all__ = ["TAG", "pip_requirement", "install_cell_source"]
+
+
 TAG = "gdlab-colab-install"
 _EXTRA = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")

@@ -17,6 +17,12 @@ from pathlib import Path
 
 from gdlab.book import colab
 
+__all__ = ["INJECTED", "PipelineError", "ParameterNameError", "find_root", "chapters", "toc_chapters",
+           "resolve_chapter", "repository_url", "git_commit", "read_source", "parameters_cell",
+           "parameter_names", "check_parameter_names", "install_cell", "to_notebook", "fold_parameters",
+           "code_cells", "notebook_matches_source"]
+
+
 INJECTED = "injected-parameters"
 
 

@@ -24,6 +24,11 @@ from typing import Any
 
 from gdlab.claims import FAILING, fmt, status_of, table_text
 
+__all__ = ["ERROR_ID", "claims_dir", "claims_path", "write_atomic", "library_root", "source_hash",
+           "error_record", "write_started", "write_records", "read_records", "chapter_state", "params_text",
+           "summary_line", "print_claims", "seeds_summary", "seeds_table"]
+
+
 ERROR_ID = "ERROR"
 
 

@@ -26,6 +26,12 @@ from pathlib import Path
 from gdlab.book import notebooks, records
 from gdlab.claims import FAIL, MIMETYPE, status_of, table_text
 
+__all__ = ["EXIT", "NBVAL_SANITIZE", "PARAMETER_ERRORS", "RunResult", "read_published", "cell_error",
+           "outcome_of", "execute", "validate", "report", "run_meta", "run_chapter", "keep",
+           "kept_is_current", "parse_seeds", "run_seeds"]
+
+
+#: The exit code of ``gdlab run`` / ``gdlab book`` for each outcome.
 EXIT = {"ok": 0, "claim": 1, "parameter": 2, "error": 3, "validation": 4, "interrupt": 130}
 # nbval compares every text output exactly after these substitutions (regex -> replacement).
 NBVAL_SANITIZE = {

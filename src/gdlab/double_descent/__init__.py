@@ -23,3 +23,13 @@ from gdlab.double_descent.advani_saxe import (AdvaniSaxeCurves, advani_saxe_curv
 from gdlab.double_descent.optimization_gate import gd_filter, peak_summary
 from gdlab.double_descent.deep import (GREYDANUS_FINAL, GREYDANUS_WIDTHS, epoch_wise_peak, model_wise_peak,
                                        width_curves)
+
+__all__ = ["spectral", "random_features", "advani_saxe", "optimization_gate", "deep",
+           "condition_number", "gd_gain", "gd_solution", "min_norm_solution", "rank_cutoff",
+           "ridge_solution", "spectral_solution", "FEATURE_KINDS", "FeatureCurves",
+           "RandomFeatures", "feature_curves", "isotropic_risk", "max_relative_rise",
+           "min_norm_filter", "optimal_ridge_lambda", "peak_prominence", "random_feature_map",
+           "ridgeless_risk", "standardize", "AdvaniSaxeCurves", "advani_saxe_curves", "gd_iterates",
+           "marchenko_pastur_density", "marchenko_pastur_edges", "spectral_gd_solution",
+           "gd_filter", "peak_summary", "GREYDANUS_FINAL", "GREYDANUS_WIDTHS", "epoch_wise_peak",
+           "model_wise_peak", "width_curves"]

@@ -19,6 +19,9 @@ import torch
 from gdlab.double_descent.spectral import gd_gain
 from gdlab.runtime import check_float, check_int
 
+__all__ = ["marchenko_pastur_edges", "marchenko_pastur_density", "gd_iterates",
+           "spectral_gd_solution", "AdvaniSaxeCurves", "advani_saxe_curves"]
+
 
 def marchenko_pastur_edges(alpha: float) -> tuple[float, float]:
     """Support [(1 - sqrt(alpha))^2, (1 + sqrt(alpha))^2] of the spectrum of X^T X for

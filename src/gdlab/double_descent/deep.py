@@ -14,6 +14,9 @@ import numpy as np
 
 from gdlab.runtime import check_choice, check_float, check_int
 
+__all__ = ["GREYDANUS_WIDTHS", "GREYDANUS_FINAL", "width_curves", "model_wise_peak",
+           "epoch_wise_peak"]
+
 # Greydanus' final deep-double-descent notebook (github.com/greydanus/mnist1d, commit 9129ceb,
 # "Fix the double descent experiment", 2024-06-03, notebooks/deep-double-descent.ipynb): MLP
 # 40 -> h -> h -> 10, SGD lr 0.01 momentum 0.9, batch 100, 500 epochs, 4000 train / 12000 test

@@ -18,6 +18,8 @@ from gdlab.double_descent.random_features import FeatureCurves, Filter, peak_pro
 from gdlab.double_descent.spectral import gd_gain
 from gdlab.runtime import check_float, check_int
 
+__all__ = ["gd_filter", "peak_summary"]
+
 
 def gd_filter(steps: int, lr_scale: float = 1.0) -> Filter:
     """The filter of ``steps`` GD steps from zero on (1/2n)||y - F beta||^2 at step size

@@ -19,6 +19,10 @@ import torch
 from gdlab.double_descent.spectral import rank_cutoff
 from gdlab.runtime import check_choice, check_float, check_int, check_sequence
 
+__all__ = ["FEATURE_KINDS", "RandomFeatures", "random_feature_map", "standardize", "FeatureCurves",
+           "feature_curves", "min_norm_filter", "ridgeless_risk", "optimal_ridge_lambda",
+           "isotropic_risk", "peak_prominence", "max_relative_rise"]
+
 FEATURE_KINDS = ("relu", "fourier")
 
 

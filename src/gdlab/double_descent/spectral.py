@@ -16,6 +16,9 @@ import torch
 
 from gdlab.runtime import check_float, check_int
 
+__all__ = ["rank_cutoff", "gd_gain", "spectral_solution", "min_norm_solution", "ridge_solution",
+           "gd_solution", "condition_number"]
+
 
 def rank_cutoff(s: torch.Tensor, rcond: float | None = None) -> torch.Tensor:
     """Mask of the singular values treated as nonzero: ``s > rcond * s_max`` (numerical rank)."""

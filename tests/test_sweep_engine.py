@@ -1,0 +1,232 @@
+"""Tests for gdlab.sweep's general engine: any nn.Module trained with torch.func + vmap and a batched
+optimizer step equals the per-model torch.optim loop (a small CNN and an MLP), for every data form."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gdlab import sweep
+from gdlab.data import gaussian_mixture
+from gdlab.sweep import Point, grid
+from gdlab.sweep.reference import train_reference
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class CNN(torch.nn.Module):
+    """A small 1-D CNN: conv(width) - ReLU - conv(width) - tanh - flatten - linear."""
+
+    def __init__(self, width: int = 4, length: int = 12, classes: int = 3):
+        super().__init__()
+        self.conv1 = torch.nn.Conv1d(1, width, 3, padding=1)
+        self.conv2 = torch.nn.Conv1d(width, width, 3, padding=1)
+        self.head = torch.nn.Linear(width * length, classes)
+
+    def forward(self, x):
+        h = torch.relu(self.conv1(x.unsqueeze(1)))
+        h = torch.tanh(self.conv2(h))
+        return self.head(h.flatten(1))
+
+
+class MLP(torch.nn.Module):
+    def __init__(self, width: int = 8, dim: int = 12, classes: int = 3, act: str = "relu"):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(dim, width), getattr(torch.nn, {"relu": "ReLU",
+                                       "sigmoid": "Sigmoid"}[act])(), torch.nn.Linear(width, classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class LayerNormNet(torch.nn.Module):
+    """LayerNorm over the hidden units: padding changes the statistics, masking is not exact."""
+
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.a, self.norm, self.b = torch.nn.Linear(12, width), torch.nn.LayerNorm(width), torch.nn.Linear(width, 3)
+
+    def forward(self, x):
+        return self.b(self.norm(self.a(x)))
+
+
+def mixture(n=60, n_test=30, dim=12, classes=3, seed=0, dtype=torch.float64):
+    d = gaussian_mixture(n, dim, classes, torch.Generator().manual_seed(seed), n_test=n_test)
+    return d.x.to(dtype), d.y, d.x_test.to(dtype), d.y_test
+
+
+def assert_close(a, b, tol):
+    assert a.epochs == b.epochs
+    assert set(a.metrics) == set(b.metrics), (set(a.metrics), set(b.metrics))
+    for k in a.metrics:
+        diff = max(abs(u - v) for u, v in zip(a.metrics[k], b.metrics[k]))
+        assert diff <= tol, (k, diff)
+
+
+@pytest.mark.parametrize("model", [CNN, MLP], ids=["cnn", "mlp"])
+def test_engine_equals_torch_optim_loop_float64(model):
+    """Models of different widths, seeds, optimizers and hyperparameters in masked groups follow
+    the trajectories of the per-model loop to floating-point tolerance."""
+    data = mixture()
+    points = (grid(width=[3, 6], seed=[0, 1], lr=[0.05], momentum=[0.0, 0.9], weight_decay=1e-3, label_noise=0.2,
+                   batch_size=16, epochs=3, eval_every=1)
+              + grid(width=[2, 5], seed=2, optimizer=["adam", "adamw"], lr=0.01, weight_decay=[0.0, 0.05],
+                     batch_size=16, epochs=3, eval_every=3)
+              + grid(width=4, seed=3, lr=0.05, momentum=0.9, nesterov=True, batch_size=16, epochs=3, eval_every=3))
+    results = sweep.run(model, F.cross_entropy, data, points, dtype="float64", group_overhead=1e12,
+                        show_progress=False)
+    for p, r in zip(points, results):
+        assert r.point == p
+        assert "test_error" in r.metrics and len(r.test_error) == len(p.eval_epochs())
+        assert_close(r, train_reference(model, F.cross_entropy, data, p, dtype="float64"), 1e-9)
+
+
+def test_engine_float32_close_to_loop_and_learns():
+    data = mixture(n=90, dtype=torch.float32)
+    points = grid(width=[4, 8], seed=[0, 1], lr=0.1, momentum=0.9, batch_size=30, epochs=5, eval_every=5)
+    results = sweep.run(CNN, F.cross_entropy, data, points, group_overhead=1e12, show_progress=False)
+    for p, r in zip(points, results):
+        assert_close(r, train_reference(CNN, F.cross_entropy, data, p), 1e-4)
+        assert r.train_loss[-1] < r.train_loss[0]
+
+
+def test_masking_is_exact_for_any_activation_because_gradients_are_masked():
+    """A sigmoid's padded units output 0.5, so their outgoing weights get gradient unless masked."""
+    data = mixture()
+    points = grid(width=[2, 7], act="sigmoid", lr=0.3, momentum=0.9, batch_size=20, epochs=2)
+    results = sweep.run(MLP, F.cross_entropy, data, points, dtype="float64", group_overhead=1e12,
+                        show_progress=False)
+    for p, r in zip(points, results):
+        assert_close(r, train_reference(MLP, F.cross_entropy, data, p, dtype="float64"), 1e-10)
+
+
+def test_masking_refuses_a_model_it_cannot_pad_and_grouping_trains_it():
+    data = mixture()
+    points = grid(width=[3, 6], lr=0.05, batch_size=20, epochs=1)
+    with pytest.raises(ValueError, match="widths='group'"):
+        sweep.run(LayerNormNet, F.cross_entropy, data, points, dtype="float64", group_overhead=1e12,
+                  show_progress=False)
+    results = sweep.run(LayerNormNet, F.cross_entropy, data, points, dtype="float64", widths="group",
+                        show_progress=False)
+    for p, r in zip(points, results):
+        assert_close(r, train_reference(LayerNormNet, F.cross_entropy, data, p, dtype="float64"), 1e-10)
+
+
+def test_result_does_not_depend_on_the_grouping():
+    data = mixture()
+    points = grid(width=[2, 4, 7], seed=[0, 1], lr=0.05, momentum=0.9, batch_size=16, epochs=2)
+    together = sweep.run(CNN, F.cross_entropy, data, points, dtype="float64", group_overhead=1e12,
+                         show_progress=False)
+    alone = sweep.run(CNN, F.cross_entropy, data, points, dtype="float64", max_group_size=1, show_progress=False)
+    for a, b in zip(together, alone):
+        assert_close(a, b, 1e-12)
+
+
+def test_data_forms_tuple_dict_split_and_dataloader():
+    x, y, xt, yt = mixture()
+    points = grid(width=3, seed=[0, 1], lr=0.05, batch_size=20, epochs=2)
+    run = lambda d: sweep.run(MLP, F.cross_entropy, d, points, dtype="float64", show_progress=False)  # noqa: E731
+    base = run((x, y, xt, yt))
+    for form in ({"x": x, "y": y, "x_test": xt, "y_test": yt}, {"train": (x, y), "test": (xt, yt)},
+                 sweep.SweepData(x, y, xt, yt)):
+        for a, b in zip(base, run(form)):
+            assert_close(a, b, 0.0)
+    train_only = run((x, y))
+    assert "test_loss" not in train_only[0].metrics and "train_error" in train_only[0].metrics
+
+    # a shuffling DataLoader: every model sees the loader's batches, in an order fixed per epoch
+    ds = torch.utils.data.TensorDataset(x, y)
+    loader = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True)
+    test_loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xt, yt), batch_size=50)
+    res = sweep.run(MLP, F.cross_entropy, (loader, test_loader), points, dtype="float64", show_progress=False)
+    again = sweep.run(MLP, F.cross_entropy, {"train": loader, "test": test_loader}, points, dtype="float64",
+                      show_progress=False)
+    for p, r, r2 in zip(points, res, again):
+        assert_close(r, r2, 0.0)
+        assert_close(r, train_reference(MLP, F.cross_entropy, (loader, test_loader), p, dtype="float64"), 1e-10)
+
+
+def test_regression_loss_and_custom_metrics():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 12, generator=g, dtype=torch.float64)
+    y = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    mae = lambda out, t: (out - t).abs().mean()  # noqa: E731
+    points = grid(width=[3, 5], lr=0.05, momentum=0.5, batch_size=10, epochs=2)
+    results = sweep.run(MLP, F.mse_loss, (x, y, x[:10], y[:10]), points, dtype="float64", metrics={"mae": mae},
+                        show_progress=False)
+    for p, r in zip(points, results):
+        assert set(r.metrics) == {"train_loss", "train_mae", "test_loss", "test_mae"}
+        ref = train_reference(MLP, F.mse_loss, (x, y, x[:10], y[:10]), p, dtype="float64", metrics={"mae": mae})
+        assert_close(r, ref, 1e-10)
+    with pytest.raises(ValueError, match="'label_noise'"):
+        sweep.run(MLP, F.mse_loss, (x, y), grid(width=3, label_noise=0.1, epochs=1), show_progress=False)
+
+
+def test_grid_and_point_validation():
+    pts = grid(width=[2, 4], seed=range(3), lr=0.1, betas=(0.8, 0.9), optimizer="adam")
+    assert len(pts) == 6 and pts[0].model == {"width": 2} and pts[0].betas == (0.8, 0.9)
+    assert len({hash(p) for p in pts}) == 6 and Point.from_dict(pts[3].to_dict()) == pts[3]
+    with pytest.raises(ValueError, match="'optimizer'"):
+        Point(optimizer="lbfgs")
+    with pytest.raises(ValueError, match="'nesterov'"):
+        Point(nesterov=True)
+    with pytest.raises(ValueError, match="'lr'"):
+        grid(lr=[0.1, -1.0])
+    with pytest.raises(TypeError, match="'points\\[0\\]'"):
+        sweep.run(MLP, F.cross_entropy, mixture(), [{"width": 3}])
+    with pytest.raises(TypeError, match="'data'"):
+        sweep.run(MLP, F.cross_entropy, "data.csv", grid(width=3))
+    with pytest.raises(TypeError, match="one-shot"):
+        sweep.run(MLP, F.cross_entropy, iter([(torch.zeros(2, 12), torch.zeros(2, dtype=torch.long))]), grid(width=3))
+    with pytest.raises(ValueError, match="running statistics"):
+        sweep.run(lambda width: torch.nn.Sequential(torch.nn.Linear(12, width), torch.nn.BatchNorm1d(width)),
+                  F.cross_entropy, mixture(), grid(width=3, epochs=1), show_progress=False)
+
+
+def test_keys_cover_model_loss_dtype_and_device(tmp_path):
+    data = mixture(dtype=torch.float32)
+    pts = grid(width=3, lr=0.05, batch_size=20, epochs=1)
+    sweep.run(MLP, F.cross_entropy, data, pts, store=tmp_path, show_progress=False)
+    sweep.run(MLP, F.cross_entropy, data, pts, store=tmp_path, dtype="float64", show_progress=False)
+    sweep.run(CNN, F.cross_entropy, data, pts, store=tmp_path, show_progress=False)
+    sweep.run(MLP, lambda o, t: F.cross_entropy(o, t), data, pts, store=tmp_path, show_progress=False)
+    sweep.run(MLP, F.cross_entropy, data, pts, store=tmp_path, tag="v2", show_progress=False)
+    sweep.run(MLP, F.cross_entropy, data, pts, store=tmp_path, show_progress=False)  # read back
+    assert len(sweep.Store(tmp_path).keys()) == 5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_engine_matches_cpu():
+    data = mixture()
+    points = grid(width=[3, 6], seed=[0, 1], lr=0.05, momentum=0.9, batch_size=16, epochs=2)
+    cpu = sweep.run(CNN, F.cross_entropy, data, points, dtype="float64", show_progress=False)
+    gpu = sweep.run(CNN, F.cross_entropy, data, points, device="cuda", dtype="float64", show_progress=False)
+    for a, b in zip(cpu, gpu):
+        assert_close(a, b, 1e-8)
+
+
+def test_return_state_gives_the_trained_models_and_stores_them(tmp_path):
+    data = mixture()
+    points = grid(width=[3, 6], seed=[0, 1], lr=0.05, momentum=0.9, batch_size=16, epochs=2)
+    results = sweep.run(CNN, F.cross_entropy, data, points, dtype="float64", group_overhead=1e12,
+                        return_state=True, store=tmp_path, show_progress=False)
+    for p, r in zip(points, results):
+        net = r.model(CNN).double()
+        ref = train_reference(CNN, F.cross_entropy, data, p, dtype="float64")
+        with torch.no_grad():
+            err = float((net(data[2]).argmax(-1) != data[3]).double().mean())
+        assert abs(err - r.test_error[-1]) < 1e-12 and abs(err - ref.test_error[-1]) < 1e-12
+        assert (tmp_path / f"{r.key}.pt").is_file()
+    (tmp_path / f"{results[0].key}.pt").unlink()  # a missing state is recomputed when asked for
+    again = sweep.run(CNN, F.cross_entropy, data, points, dtype="float64", group_overhead=1e12,
+                      return_state=True, store=tmp_path, show_progress=False)
+    starts = [k for e in sweep.Store(tmp_path).read_journal() if e["event"] == "start" for k in e["keys"]]
+    assert starts.count(results[0].key) == 2 and len(starts) == 5
+    for a, b in zip(results, again):
+        assert all(torch.allclose(a.state[k], b.state[k], rtol=0, atol=1e-12) for k in a.state)
+    no_state = sweep.run(CNN, F.cross_entropy, data, points, dtype="float64", store=tmp_path, show_progress=False)
+    assert no_state[0].state is None
