@@ -17,7 +17,7 @@ FLOOR_VERSION := $(shell sed -n 's/^ *"torch>=\([0-9][0-9.]*\)".*/\1/p' pyprojec
 FLOOR_VENV    ?= .venv-floor
 FLOOR_STAMP   := $(FLOOR_VENV)/.installed-$(FLOOR_VERSION)
 
-.PHONY: venv book test unit floor chapters paper html claims clean browser chromium
+.PHONY: venv book test unit floor chapters paper html claims clean browser chromium rehearsal gpu
 
 venv: $(STAMP)
 
@@ -32,12 +32,18 @@ $(STAMP): pyproject.toml requirements.txt
 book: venv
 	$(BIN)/gdlab book --profile quick
 
-## test: unit tests, then every chapter at quick with nbval re-run validation and the
-## HTML build with warnings as errors. Exits non-zero on any failure or failed claim.
+## test: unit tests (while the torch-floor venv downloads), the unit tests at the torch floor, every
+## chapter at quick with nbval re-run validation (two chapters at a time on the two cores) and the
+## HTML build with warnings as errors, the claims of every chapter, the GPU job's rehearsal (every
+## chapter at smoke under --strict-device, tiny benchmarks) and the browser check.
+## Exits non-zero on any failure or failed claim.
+JOBS ?= 2
 test: venv
-	$(BIN)/python -m pytest -q tests
+	$(MAKE) -j2 --output-sync=target unit $(FLOOR_STAMP)
 	$(MAKE) floor
-	$(BIN)/gdlab book --profile quick --validate
+	$(BIN)/gdlab book --profile quick --validate --jobs $(JOBS)
+	$(BIN)/gdlab claims
+	$(MAKE) rehearsal
 	$(MAKE) browser
 
 unit: venv
@@ -57,6 +63,15 @@ floor: $(FLOOR_STAMP)
 	  assert v.startswith('$(FLOOR_VERSION)'), f'torch {v} is not the floor $(FLOOR_VERSION)'; print('torch floor', v)"
 	PYTHONPATH=src $(FLOOR_VENV)/bin/python -m pytest -q tests -m "not slow" \
 	  --ignore=tests/test_book.py --ignore=tests/test_workflows.py --ignore=tests/test_colab.py
+
+## rehearsal: the GPU job (tools/gpu_run.py) on this CPU: every chapter at smoke under
+## --strict-device, the benchmarks at tiny sizes; results in _build/gpu-rehearsal
+rehearsal: venv
+	$(BIN)/python tools/gpu_run.py --rehearsal --out _build/gpu-rehearsal
+
+## gpu: the whole GPU job, on the GPU machine (see the header of tools/gpu_run.py)
+gpu:
+	python3 tools/gpu_run.py --out "$${OUT:-_build/gpu}" --budget $${BUDGET:-480}
 
 ## paper: on a GPU, execute every chapter at the paper profile and keep the notebooks
 paper: venv

@@ -307,3 +307,17 @@ def test_kept_notebooks_are_current():
         if kept.exists():
             current, why = runmod.kept_is_current(ROOT, source)
             assert current, f"{kept.name}: {why}"
+
+
+def test_book_runs_chapters_in_parallel_and_reports_the_worst_outcome(toy, capsys):
+    source = (toy / "book" / "01-toy.md").read_text()
+    assert "target = 1.0" in source
+    (toy / "book" / "02-toy.md").write_text(source.replace("target = 1.0", "target = 2.0"))
+    code = book.main(["book", "--root", str(toy), "--jobs", "2", "--no-html"])
+    out = capsys.readouterr().out
+    assert code == 1  # the second chapter's claim fails; the first still ran and passed
+    assert "2 at a time" in out and "gdlab run 01-toy (exit 0" in out and "gdlab run 02-toy (exit 1" in out
+    assert "FAILED chapters: 02-toy (claim)" in out
+    assert [r["status"] for r in claims_of(toy)] == ["PASS", "PASS"]
+    second = json.loads((toy / "_build" / "claims" / "02-toy.json").read_text())
+    assert [r["status"] for r in second] == ["FAIL", "PASS"]

@@ -102,6 +102,10 @@ def test_chapter_titles_come_from_the_sources():
 
 
 def test_figure_format_is_a_no_op_outside_ipython():
-    from gdlab.notebook import figure_format
+    import subprocess
+    import sys
 
-    assert figure_format() is False  # pytest is not an IPython kernel; inside one it sets "retina"
+    # in a fresh interpreter: an earlier test in this process may have started an IPython shell
+    code = "from gdlab.notebook import figure_format; print(figure_format())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # a script is not an IPython kernel; inside one it sets "retina"

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import sys
+import time
 from pathlib import Path
 
 from gdlab.book import notebooks, records, run, site
@@ -45,14 +47,65 @@ def parse_parameters(pairs: list[str]) -> dict:
     return params
 
 
+def _run_chapters_in_parallel(root: Path, sources: list[Path], profile: str, seed: int,
+                              validate_outputs: bool, strict_device: bool, jobs: int) -> dict:
+    """Execute chapters as ``gdlab run`` subprocesses, ``jobs`` at a time, each kernel with
+    ``cores // jobs`` threads. Prints each chapter's output whole when it ends; returns
+    {stem: RunResult} rebuilt from the records and executed notebooks they wrote."""
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    import nbformat
+
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "GDLAB_PROGRESS": "0"}
+
+    def one(source: Path) -> tuple[Path, int, str, float]:
+        cmd = [sys.executable, "-m", "gdlab", "run", source.stem, "--profile", profile, "--seed", str(seed),
+               "--root", str(root), "--no-progress"]
+        cmd += ["--validate"] * validate_outputs + ["--strict-device"] * strict_device
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        return source, proc.returncode, proc.stdout + proc.stderr, time.perf_counter() - start
+
+    print(f"executing {len(sources)} chapters, {jobs} at a time ({threads} thread(s) each)", flush=True)
+    out = {}
+    with ThreadPoolExecutor(jobs) as pool:
+        for source, code, log, wall in pool.map(one, sources):
+            print(f"\n##### gdlab run {source.stem} (exit {code}, {wall:.0f} s)\n{log}", flush=True)
+            rows = records.read_records(root, source.stem) or []
+            nb_path = root / "_build" / "executed" / f"{source.stem}.ipynb"
+            claims = [r for r in rows if r.get("id") != records.ERROR_ID]
+            errors = [r for r in rows if r.get("id") == records.ERROR_ID]
+            outcome = next((k for k, v in run.EXIT.items() if v == code), "error")
+            error = (errors[0].get("error") or errors[0].get("message", "")) if errors else ""
+            if code and not error and outcome != "claim":
+                error = f"gdlab run exited {code}"
+            run_info = {}
+            if nb_path.exists():
+                _, run_info = run.read_published(nbformat.read(nb_path, as_version=4))
+            out[source.stem] = run.RunResult(source.stem, nb_path, claims, wall, error, outcome, run_info)
+    return out
+
+
 def build_book(root: Path, profile: str = "quick", seed: int = 0, validate_outputs: bool = False,
-               committed: bool = False, html: bool = True, strict_device: bool = False) -> int:
+               committed: bool = False, html: bool = True, strict_device: bool = False,
+               jobs: int = 1) -> int:
     """``gdlab book``: execute every chapter (or reuse the kept notebooks) and build the HTML.
+    ``jobs > 1`` executes that many chapters at once (subprocesses sharing the cores).
     Returns the exit code: the worst outcome over the chapters."""
     import nbformat
 
+    from gdlab.runtime import check_int
+
+    check_int("jobs", jobs, min=1, max=64)
     results, executed, all_records = [], [], []
-    for source in notebooks.chapters(root):
+    sources = notebooks.chapters(root)
+    parallel = {}
+    if jobs > 1:
+        fresh = [s for s in sources if not (committed and (root / "notebooks" / f"{s.stem}.ipynb").exists())]
+        parallel = _run_chapters_in_parallel(root, fresh, profile, seed, validate_outputs, strict_device, jobs)
+    for source in sources:
         kept = root / "notebooks" / f"{source.stem}.ipynb"
         if committed and kept.exists():
             current, why = run.kept_is_current(root, source)
@@ -70,6 +123,9 @@ def build_book(root: Path, profile: str = "quick", seed: int = 0, validate_outpu
                                   error=error if outcome != "claim" else "")
             print(f"using kept notebook {kept.relative_to(root)}")
             run.report(result)
+            rows = records.read_records(root, source.stem) or []
+        elif source.stem in parallel:
+            result = parallel[source.stem]
             rows = records.read_records(root, source.stem) or []
         else:
             result = run.run_chapter(root, source.stem, profile, seed, validate_outputs=validate_outputs,
@@ -132,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     book.add_argument("--committed", action="store_true",
                       help="use the kept notebooks in notebooks/ (checked against their sources) where present")
     book.add_argument("--no-html", action="store_true")
+    book.add_argument("--jobs", "-j", type=int, default=1,
+                      help="execute this many chapters at once, sharing the cores (default 1)")
     for name, text in (("claims", "print the latest claims of every chapter"),
                        ("check-notebooks", "check the kept notebooks against their sources")):
         p = sub.add_parser(name, help=text)
@@ -150,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             return result.exit_code
         if args.command == "book":
             return build_book(root, args.profile, args.seed, args.validate, args.committed, not args.no_html,
-                              args.strict_device)
+                              args.strict_device, args.jobs)
         if args.command == "claims":
             return 0 if records.print_claims(root, notebooks.toc_chapters(root)) else 1
         return 0 if check_notebooks(root) else 1
