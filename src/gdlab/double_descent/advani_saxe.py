@@ -32,7 +32,7 @@ def marchenko_pastur_edges(alpha: float) -> tuple[float, float]:
 
 def marchenko_pastur_density(lam, alpha: float):
     """Continuous part of the Marchenko-Pastur density of X^T X (entries N(0, 1/N), alpha = P/N):
-    rho(lambda) = sqrt((lambda_+ - lambda)(lambda - lambda_-)) / (2 pi lambda) on the support.
+    ``rho(lambda) = sqrt((lambda_+ - lambda)(lambda - lambda_-)) / (2 pi lambda)`` on the support.
     It integrates to min(alpha, 1); for alpha < 1 the remaining mass 1 - alpha sits at
     lambda = 0."""
     lo, hi = marchenko_pastur_edges(alpha)
