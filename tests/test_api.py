@@ -34,6 +34,9 @@ def top_level_names(tree: ast.Module) -> tuple[set[str], set[str]]:
             sub = ast.Module(body=list(ast.iter_child_nodes(node)), type_ignores=[])
             b, _ = top_level_names(sub)
             bound |= b
+    for node in tree.body:  # names a module-level __getattr__ serves lazily (compared as strings there)
+        if isinstance(node, ast.FunctionDef) and node.name == "__getattr__":
+            bound |= {n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
     return bound, public
 
 

@@ -65,7 +65,7 @@ def test_garg_baselines_values_and_validation():
     curves = learners.garg_baselines([1, 5, 10], 5)
     np.testing.assert_allclose(curves["averaging"], [6, 1.2, 0.6])
     np.testing.assert_allclose(curves["least squares"], [0.8, 0, 0])
-    np.testing.assert_allclose(curves["one-step GD"], [6 / 7, 6 / 11, 6 / 16])
+    np.testing.assert_allclose(curves["one GD step"], [6 / 7, 6 / 11, 6 / 16])
     with pytest.raises(ValueError, match="'k'"):
         learners.garg_baselines([0, 1], 5)
 
@@ -98,3 +98,36 @@ def test_prefix_predictions_match_direct_computation():
     torch.testing.assert_close(pred[:, 3], direct)
     w = learners.tuned_one_step_weights(t.x, t.y, 0.5)
     torch.testing.assert_close(w, learners.mahankali_step_size(5, 3, 0.5) * learners.averaging_weights(t.x, t.y))
+
+
+@settings(max_examples=25, deadline=None)
+@given(d=st.integers(1, 6), k=st.integers(1, 9), lam=st.sampled_from([0.0, 0.1, 3.0]), seed=st.integers(0, 1000))
+def test_gram_solves_equal_the_pseudo_inverse_and_ridge(d, k, lam, seed):
+    t = _tasks(4, k, d, seed)
+    if lam == 0:
+        expected = (torch.linalg.pinv(t.x) @ t.y.unsqueeze(-1)).squeeze(-1)
+    else:
+        gram = t.x.transpose(-1, -2) @ t.x + lam * torch.eye(d, dtype=F64)
+        expected = torch.linalg.solve(gram, t.x.transpose(-1, -2) @ t.y.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(learners.ridge_weights(t.x, t.y, lam), expected, rtol=1e-7, atol=1e-8)
+
+
+def test_knn_predict_and_prefix_apply():
+    x = torch.tensor([[[0.0], [1.0], [2.0], [10.0]]])
+    y = torch.tensor([[0.0, 1.0, 2.0, 10.0]])
+    assert float(learners.knn_predict(x, y, torch.tensor([[1.2]]), k=3)) == pytest.approx(1.0)
+    assert float(learners.knn_predict(x[:, :2], y[:, :2], torch.tensor([[9.0]]), k=3)) == pytest.approx(0.5)
+    pred = learners.prefix_apply(x, y, learners.knn_predict)
+    torch.testing.assert_close(pred, torch.tensor([[0.0, 0.0, 0.5, 1.0]]))
+
+
+def test_garg_baseline_formulas_match_monte_carlo():
+    """The closed forms behind the chapter's baseline curves, within 4 Monte Carlo standard errors."""
+    d, n = 3, 8
+    t = sample_tasks(200_000, n, d, generator=torch.Generator().manual_seed(7), dtype=F64)
+    formulas = learners.garg_baselines(np.arange(1, n), d)
+    for name, fn in (("averaging", learners.averaging_weights), ("least squares", learners.ols_weights),
+                     ("one GD step", learners.tuned_one_step_weights)):
+        sq = (learners.prefix_predictions(t.x, t.y, fn) - t.y)[:, 1:].pow(2) / d
+        mean, se = sq.mean(0).numpy(), (sq.std(0) / len(sq) ** 0.5).numpy()
+        assert np.all(np.abs(mean - formulas[name]) <= 4 * se + 1e-12), name

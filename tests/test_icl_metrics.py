@@ -48,3 +48,18 @@ def test_simple_metrics():
     assert float(metrics.spd(a, b)) == 2.5
     assert float(metrics.half_mse(a, b)) == 1.25
     torch.testing.assert_close(metrics.interpolate(a, b, 0.5), torch.tensor([1.5, 1.0]))
+
+
+def test_learner_spd_is_zero_for_the_learner_itself():
+    t = _tasks(batch=64, n=7, d=3)
+    ols = learners.prefix_predictions(t.x, t.y, learners.ols_weights)
+    s = metrics.learner_spd(ols, t, [0.1, 1.0])
+    assert float(s["OLS"]) < 1e-20 and float(s["GD"]) > 0 and s["ridge"].shape == (2,)
+    assert float(s["zero"]) == float(ols[..., 1:].pow(2).mean())
+    curve = metrics.error_curve(ols, t)
+    assert curve.shape == (6,) and float(curve[-1]) < 1e-20   # k >= d: least squares is exact
+
+
+def test_interpolate_takes_a_tensor_weight():
+    a, b = torch.zeros(3), torch.ones(3)
+    torch.testing.assert_close(metrics.interpolate(a, b, torch.tensor(0.25)), torch.full((3,), 0.25))

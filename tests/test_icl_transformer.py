@@ -72,3 +72,25 @@ def test_qk_std_sets_the_query_key_init_scale_only():
         assert abs(float(w[:, :128].std()) - 0.3) < 0.02 and abs(float(w[:, 128:].std()) - 0.02) < 0.002
     with pytest.raises(ValueError, match="parameter 'qk_std'"):
         TransformerConfig(d=3, n_points=6, qk_std=0.0)
+
+
+def test_hidden_states_and_predict_each():
+    model = _model(models=2)
+    t = sample_tasks(5, 6, 3, generator=torch.Generator().manual_seed(4))
+    states = model.hidden_states(interleave(t.repeat(2).x, t.repeat(2).y))
+    assert len(states) == 3 and states[-1].shape == (2, 5, 12, 16)
+    out = model.predict_each(t)
+    assert out.shape == (2, 5, 6)
+    torch.testing.assert_close(out, model.predict_all(t.repeat(2)))
+    assert model.predict_query_each(t.prefix(4)).shape == (2, 5)
+
+
+def test_constant_schedule_trains():
+    from gdlab.icl.transformer import train_transformer
+
+    model = _model(models=1)
+    g = torch.Generator().manual_seed(5)
+    hist = train_transformer(model, lambda s: sample_tasks((1, 8), 6, 3, generator=g), 3, schedule="constant")
+    assert len(hist.loss) >= 1
+    with pytest.raises(ValueError, match="schedule"):
+        train_transformer(model, lambda s: sample_tasks((1, 8), 6, 3, generator=g), 3, schedule="linear")

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -172,3 +174,46 @@ def test_everything_stays_on_the_generator_device():
     assert D.min_l1_solution(t.x, t.y).is_cuda and D.q_alpha_minimizer(t.x, t.y, 0.5).is_cuda
     assert D.diagonal_gd(t.x, t.y, [0.1, 1.0], 10).beta.is_cuda
     assert D.per_sample_hessians(run.u[0], run.v[0], t.x).is_cuda
+
+
+# ------------------------------------------------------------------------------ saddle to saddle
+def test_saddle_path_starts_at_the_first_activation_and_ends_at_the_l1_interpolant():
+    t = data(6, n=15, d=30, s=3)
+    path = D.saddle_to_saddle(t.x, t.y)
+    g0 = t.x.T @ t.y / t.x.shape[0]                        # -grad L(0)
+    assert float(path.times[0]) == 0.0 and float(path.saddles[0].abs().max()) == 0.0
+    assert math.isclose(float(path.times[1]), 0.5 / float(g0.abs().max()), rel_tol=1e-9)
+    assert rel(path.saddles[-1], D.min_l1_solution(t.x, t.y)) < 1e-6
+    assert bool((path.times.diff() > 0).all())
+
+
+def test_every_saddle_is_the_sign_constrained_least_squares_fit_of_its_support():
+    t = data(7, n=15, d=30, s=3)
+    path = D.saddle_to_saddle(t.x, t.y)
+    n = t.x.shape[0]
+    for beta, s in zip(path.saddles[1:], path.signs[1:]):
+        g = t.x.T @ (t.x @ beta - t.y) / n
+        active = beta != 0
+        assert torch.allclose(g[active], torch.zeros_like(g[active]), atol=1e-9)  # stationary on the support
+        assert bool((beta[active] * s[active] > 0).all())                       # signs of s
+        assert bool((s.abs() <= 0.5 + 1e-12).all())
+
+
+def test_saddle_path_lookup_and_tracking_of_a_small_init_run():
+    t = data(8, n=20, d=40, s=2)
+    path = D.saddle_to_saddle(t.x, t.y)
+    assert torch.equal(path.at(path.times[1:2] + 1e-9)[0], path.saddles[1])
+    L = float(torch.linalg.eigvalsh(t.x.T @ t.x / 20)[-1])
+    eta = 0.02 / (L * max(1.0, float(path.saddles[-1].abs().max())))
+    steps = int(1.3 * float(path.times[-1]) * math.log(1e16) / eta)
+    run = D.train(t.x, t.y, alpha=[1e-16, 0.3], eta=eta, steps=steps, log_every=max(1, steps // 2000))
+    track = D.saddle_tracking(run, path)
+    assert float(track["time_error"][0]) < 0.05 and float(track["saddle_error"][0]) < 0.05
+    assert float(track["saddle_error"][1]) > 0.1
+
+
+@cuda
+def test_saddle_path_on_the_device():
+    t = data(0, device="cuda")
+    path = D.saddle_to_saddle(t.x, t.y)
+    assert path.saddles.is_cuda and path.at(path.times).is_cuda

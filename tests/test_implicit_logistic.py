@@ -126,3 +126,38 @@ def test_one_dataset_per_step_size_matches_separate_runs(seed):
 def test_bad_labels_are_rejected():
     with pytest.raises(ValueError, match="'y'"):
         L.logistic_loss(torch.ones(2, 2), torch.tensor([0.0, 1.0]), torch.zeros(2))
+
+
+def test_soudry_asymptotics_satisfy_their_defining_equations():
+    a, y = L.generic_separable_data(torch.Generator().manual_seed(3))
+    th = L.soudry_asymptotics(a, y, gamma=2.0)
+    Z = y[:, None] * a
+    assert bool((th.dual > 0).all())
+    assert torch.allclose(th.dual @ Z[th.support], th.w_hat, atol=1e-6)        # w_hat = sum dual_n z_n
+    assert math.isclose(float(th.dual.sum()), float(th.w_hat @ th.w_hat), rel_tol=1e-5)
+    eta = 2.0 / len(y)
+    assert torch.allclose(eta * torch.exp(-Z[th.support] @ th.w_tilde), th.dual, rtol=1e-6)
+    assert math.isclose(th.loss_times_t, float(th.w_hat @ th.w_hat) / 2.0)
+
+
+def test_predicted_gap_matches_the_closed_form_at_large_t():
+    a, y = L.generic_separable_data(torch.Generator().manual_seed(4))
+    th = L.soudry_asymptotics(a, y, gamma=1.0)
+    t = torch.tensor([1e12], dtype=torch.float64)
+    ratio = float(th.w_hat @ th.w_tilde / (th.w_hat @ th.w_hat))
+    assert math.isclose(float(th.gap(t)), th.perpendicular / (math.log(1e12) + ratio), rel_tol=1e-3)
+
+
+def test_fit_scale_recovers_the_scale_of_a_member_of_the_family():
+    t = torch.linspace(1, 10, 20, dtype=torch.float64)
+    assert torch.allclose(L.fit_scale(3.0 * t ** -0.2, t ** -0.2), 3.0 * t ** -0.2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_logistic_pieces_stay_on_the_generator_device():
+    a, y = L.generic_separable_data(torch.Generator("cuda").manual_seed(0))
+    assert a.is_cuda and y.is_cuda
+    th = L.soudry_asymptotics(a, y, 1.0)
+    assert th.w_hat.is_cuda and th.w_tilde.is_cuda and th.gap(torch.tensor([10.0], device="cuda")).is_cuda
+    a1, _ = L.soudry_figure1_data(torch.Generator("cuda").manual_seed(0))
+    assert a1.is_cuda

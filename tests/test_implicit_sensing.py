@@ -116,3 +116,65 @@ def test_late_rate_ratio_tells_linear_from_polynomial():
     ratio = S.late_rate_ratio(t, vals)
     assert abs(float(ratio[0]) - 1) < 1e-6  # linear; its window ends where exp(-0.01 t) reaches 1e-10
     assert 0.6 < float(ratio[1]) < 0.8
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def test_describe_scores_the_target_and_zero():
+    p = problem(d=6, m=30)
+    s = S.describe(p, torch.stack([p.X_star, torch.zeros_like(p.X_star)]))
+    assert float(s.residual[0]) < 1e-12 and float(s.error[0]) < 1e-12 and int(s.rank[0]) == 2
+    assert math.isclose(float(s.residual[1]), 1.0) and math.isclose(float(s.error[1]), 1.0)
+    assert math.isclose(float(s.nuclear[0]), 1.5, rel_tol=1e-12)
+
+
+def test_min_nuclear_norm_interpolates_is_psd_and_beats_the_target():
+    p = problem(seed=4, d=6, m=12)                       # 12 < 21 unknowns: many interpolants
+    X = S.min_nuclear_norm_psd(p)
+    assert torch.allclose(S.measure(p.A, X), p.y, atol=1e-6)
+    assert float(torch.linalg.eigvalsh(X).min()) > -1e-7
+    assert float(torch.trace(X)) <= float(torch.trace(p.X_star)) + 1e-6
+
+
+def test_min_nuclear_norm_recovers_the_target_with_enough_measurements():
+    p = problem(seed=5, d=5, m=60)
+    assert float(S.describe(p, S.min_nuclear_norm_psd(p)).error) < 1e-5
+
+
+def test_best_rank_s_fit_is_a_stationary_rank_s_matrix():
+    p = problem(seed=6, d=6, m=80)
+    X = S.best_rank_s_fit(p, 1, steps=3000)
+    assert int(S.describe(p, X, rtol=1e-8).rank) == 1
+    W = torch.linalg.eigh(X)
+    w = W.eigenvectors[:, -1:] * W.eigenvalues[-1:].sqrt()
+    grad = S.adjoint(p.A, S.measure(p.A, w @ w.T) - p.y) / p.m @ w
+    assert float(grad.norm()) < 1e-9
+    assert float((X - p.V[:, :1] * p.sigma[0] @ p.V[:, :1].T).norm()) < 0.3   # near X*_1
+
+
+def test_logged_distances_and_final_matrix():
+    p = problem(seed=7)
+    R = torch.eye(p.d, dtype=p.A.dtype)
+    run = S.symmetric_gd(p, [0.1, 0.3], 3, 0.05, 7, torch.Generator().manual_seed(1), log_every=7,
+                         references=[R, p.X_star])
+    assert run.distances.shape == (2, 2, 2)
+    assert torch.allclose(run.distances[:, -1, 0], torch.linalg.matrix_norm(run.final - R))
+    assert torch.allclose(run.distances[:, -1, 1], run.error[:, -1])
+
+
+def test_late_loglog_slope_tells_polynomial_from_linear():
+    t = torch.arange(0, 5001, 10)
+    vals = torch.stack([2.0 / (1.0 + t.double()), torch.exp(-0.01 * t.double()).clamp(min=1e-16)])
+    slope = S.late_loglog_slope(t, vals)
+    assert abs(float(slope[0]) + 1) < 0.01 and float(slope[1]) < -5
+
+
+@cuda
+def test_sensing_runs_on_the_generator_device():
+    p = S.sensing_problem(6, (1.0, 0.5), 30, torch.Generator("cuda").manual_seed(0))
+    assert p.A.is_cuda and p.X_star.is_cuda
+    run = S.symmetric_gd(p, [0.1], 6, 0.05, 5, torch.Generator("cuda").manual_seed(1), references=[p.X_star])
+    assert run.final.is_cuda and run.distances.is_cuda
+    assert S.min_nuclear_norm_psd(p).is_cuda and S.best_rank_s_fit(p, 1, steps=5).is_cuda
+    assert S.describe(p, run.final).error.is_cuda

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -72,3 +73,19 @@ def test_small_init_recovers_low_tubal_rank():
     run = Tb.tubal_gd(p, [1e-4], 10, 0.2, 600, torch.Generator().manual_seed(3), log_every=600)
     assert float(run.test_error[0, 0, -1]) < 1e-2
     assert int(Tb.tubal_rank(run.X[0, 0], rtol=1e-2)) == 1
+
+
+def test_residual_is_zero_at_the_target_and_matches_the_definition():
+    p = Tb.tubal_problem(4, 3, 1, 9, torch.Generator().manual_seed(4), trials=2)
+    assert float(Tb.residual(p, p.X_star).max()) < 1e-12
+    X = torch.randn(2, 3, 4, 4, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    r = Tb.residual(p, X)
+    direct = (torch.einsum("tmijf,tbijf->tbm", p.A, X) - p.y[:, None]).norm(dim=-1) / p.y.norm(dim=-1)[:, None]
+    assert r.shape == (2, 3) and torch.allclose(r, direct)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_tubal_runs_on_the_generator_device():
+    p = Tb.tubal_problem(4, 3, 1, 9, torch.Generator("cuda").manual_seed(0), trials=2)
+    run = Tb.tubal_gd(p, [0.1, 0.01], 3, 0.1, 5, torch.Generator("cuda").manual_seed(1), log_every=5)
+    assert run.X.is_cuda and run.test_error.is_cuda and Tb.residual(p, run.X).is_cuda

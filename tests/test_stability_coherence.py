@@ -27,3 +27,10 @@ def test_validation():
         coherence.equiangular_hessians(4, 5.0)
     with pytest.raises(ValueError, match="per_sample_hessians"):
         coherence.coherence_matrix(torch.zeros(3, 3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_coherence_on_cuda_tensors():
+    H = coherence.equiangular_hessians(6, 2.5).cuda()
+    assert coherence.coherence(H) == pytest.approx(2.5, rel=1e-10)
+    assert coherence.coherence_matrix(H).device.type == "cuda"

@@ -1,4 +1,5 @@
-"""Tests for gdlab.stability.fractal: the batched grid trainer and box counting."""
+"""Tests for gdlab.stability.fractal: the batched grid trainer and the box-counting estimator."""
+import math
 
 import numpy as np
 import pytest
@@ -6,53 +7,169 @@ import torch
 
 from gdlab.stability import fractal
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
-def test_batched_gradients_match_autograd():
-    p = fractal.make_problem(torch.Generator().manual_seed(0), width=5, input_dim=3)
-    W = p.W0[None].clone().requires_grad_()
-    v = p.v0[None].clone().requires_grad_()
-    h, d = W.shape[1:]
-    out = torch.tanh(p.x @ W[0].T / d ** 0.5) @ v[0] / h
-    loss = 0.5 * ((out - p.y) ** 2).mean()
+
+# ---------------------------------------------------------------- the trainer
+def _autograd_loss(p, W, v):
+    h, d = W.shape
+    if p.kind == "network":
+        out = torch.tanh(p.gain * p.x @ W.T / d ** 0.5) @ v / h
+    else:
+        m = v.numel()
+        out = p.x[:, :m] @ W[0] + p.x[:, m:] @ v
+    return ((out - p.y) ** 2).mean()
+
+
+@pytest.mark.parametrize("kind", ["network", "quadratic"])
+def test_one_step_is_gd_on_the_papers_loss(kind):
+    """One batched step equals autograd GD on mean((f - y)^2) with per-layer step sizes."""
+    g = torch.Generator().manual_seed(0)
+    p = fractal.make_problem(g, width=5, input_dim=3) if kind == "network" else fractal.make_quadratic_problem(g, half=3)
+    if kind == "quadratic":     # start away from zero so both blocks move
+        p = fractal.FractalProblem(p.x, p.y, torch.ones_like(p.W0), torch.ones_like(p.v0), p.gain, p.kind)
+    W, v = p.W0.clone().requires_grad_(), p.v0.clone().requires_grad_()
+    loss = _autograd_loss(p, W, v)
     gW, gv = torch.autograd.grad(loss, (W, v))
-    l2, gW2, gv2 = fractal._losses_and_grads(W.detach(), v.detach(), p.x, p.y)
-    torch.testing.assert_close(l2[0], loss.detach())
-    torch.testing.assert_close(gW2, gW)
-    torch.testing.assert_close(gv2, gv)
+    eta_in, eta_out = torch.tensor([0.3], dtype=torch.float64), torch.tensor([0.7], dtype=torch.float64)
+    step = fractal._step_fn(kind, False)
+    x = p.x * (p.gain / math.sqrt(p.x.shape[1])) if kind == "network" else p.x
+    size = p.W0.shape[0] if kind == "network" else p.W0.shape[1]
+    W1, v1, l0 = step(p.W0[None].clone(), p.v0[None].clone(), x, p.y, eta_in, eta_out, size)
+    torch.testing.assert_close(l0[0], loss.detach())
+    torch.testing.assert_close(W1[0], (W - 0.3 * gW).detach())
+    torch.testing.assert_close(v1[0], (v - 0.7 * gv).detach())
 
 
-def test_grid_pixels_are_independent_runs():
+def test_make_problem_is_sohl_dicksteins_setup():
+    p = fractal.make_problem(torch.Generator().manual_seed(0))
+    assert p.x.shape == (272, 16) and p.y.shape == (272,) and p.W0.shape == (16, 16) and p.v0.shape == (16,)
+    assert p.num_params == 272 and p.gain == pytest.approx(math.sqrt(2)) and p.x.dtype == torch.float64
+
+
+def test_grid_pixels_are_independent_runs_and_dropping_diverged_runs_is_exact():
     p = fractal.make_problem(torch.Generator().manual_seed(1), width=4, input_dim=2)
-    e_in = torch.tensor([0.5, 50.0, 5000.0], dtype=torch.float64)
-    e_out = torch.tensor([1.0, 100.0, 1e5], dtype=torch.float64)
-    together = fractal.train_pixels(p, e_in, e_out, steps=30)
-    alone = torch.cat([fractal.train_pixels(p, e_in[i:i + 1], e_out[i:i + 1], steps=30) for i in range(3)])
-    torch.testing.assert_close(together, alone, equal_nan=True)
-    assert together[0] < 1 and not together[2] < 1       # tiny steps converge, huge ones diverge
+    e_in = torch.tensor([0.5, 50.0, 5000.0, 1e6], dtype=torch.float64)
+    e_out = torch.tensor([1.0, 100.0, 1e5, 1e6], dtype=torch.float64)
+    together = fractal.train_pixels(p, e_in, e_out, steps=60, drop_every=5)
+    never_dropped = fractal.train_pixels(p, e_in, e_out, steps=60, drop_every=1000)
+    alone = torch.cat([fractal.train_pixels(p, e_in[i:i + 1], e_out[i:i + 1], steps=60) for i in range(4)])
+    torch.testing.assert_close(together, alone)
+    torch.testing.assert_close(together, never_dropped)
+    assert together[0] < 1 and not together[3] < 1       # tiny steps converge, huge ones diverge
 
 
 def test_grid_is_independent_of_chunking():
     p = fractal.make_problem(torch.Generator().manual_seed(3), width=4, input_dim=2)
-    a = fractal.train_grid(p, (1e-1, 1e4), (1e0, 1e4), resolution=9, steps=25)
-    b = fractal.train_grid(p, (1e-1, 1e4), (1e0, 1e4), resolution=9, steps=25, chunk=7)
+    window = ((1e-1, 1e4), (1e0, 1e4))
+    a = fractal.train_grid(p, window, resolution=9, steps=25)
+    b = fractal.train_grid(p, window, resolution=9, steps=25, chunk=7)
     assert torch.equal(a, b) and 0 < int(a.sum()) < 81
 
 
-def test_box_counting_dimension_of_simple_sets():
-    res = 256
-    yy, xx = np.mgrid[:res, :res]
-    line = torch.tensor(xx < res // 2 + 0.3 * yy)        # straight boundary: dimension 1
-    assert fractal.box_counting_dimension(line) == pytest.approx(1.0, abs=0.05)
-    rng = np.random.default_rng(0)
-    noise = torch.tensor(rng.random((res, res)) < 0.5)    # boundary everywhere: dimension 2
-    assert fractal.box_counting_dimension(noise) == pytest.approx(2.0, abs=0.1)
+def test_quadratic_boundary_is_the_linear_stability_curve():
+    """GD on the quadratic control converges iff the spectral radius of I - 2 D H is below 1."""
+    p = fractal.make_quadratic_problem(torch.Generator().manual_seed(4), half=3)
+    H = p.x.T @ p.x / p.x.shape[0]
+    a, b = fractal.grid_axes(((1e-2, 1e1), (1e-2, 1e1)), 12)
+    image = fractal.train_grid(p, ((1e-2, 1e1), (1e-2, 1e1)), 12, steps=400)
+    for i, eb in enumerate(b):
+        for j, ea in enumerate(a):
+            D = torch.diag(torch.cat([ea.repeat(3), eb.repeat(3)]))
+            rho = torch.linalg.eigvals(torch.eye(6, dtype=H.dtype) - 2 * D @ H).abs().max()
+            if abs(float(rho) - 1) > 0.02:         # away from the edge, where 400 steps decide
+                assert bool(image[i, j]) == bool(rho < 1)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_fused_cuda_step_matches_cpu():
-    p = fractal.make_problem(torch.Generator().manual_seed(2))
-    pc = fractal.FractalProblem(*(t.cuda() for t in (p.x, p.y, p.W0, p.v0)))
+# ---------------------------------------------------------------- the estimator on shapes of known dimension
+RES = 1024
+
+
+def _dimension(region):
+    return fractal.fractal_dimension([region])
+
+
+def test_straight_lines_have_dimension_one():
+    yy, xx = np.mgrid[:RES, :RES]
+    for slope in (0.0, 0.3, 1.0, 2.5):
+        assert _dimension(xx < RES / 3 + slope * yy / 3) == pytest.approx(1.0, abs=0.05)
+
+
+def test_circle_has_dimension_one():
+    yy, xx = np.mgrid[:RES, :RES]
+    assert _dimension((xx - 500.3) ** 2 + (yy - 480.7) ** 2 < 400.0 ** 2) == pytest.approx(1.0, abs=0.05)
+
+
+def _koch_snowflake(level):
+    pts = np.array([[0, 0], [1, 0], [0.5, -math.sqrt(3) / 2], [0, 0]])
+    rot = np.array([[0.5, -math.sqrt(3) / 2], [math.sqrt(3) / 2, 0.5]])
+    for _ in range(level):
+        a, b = pts[:-1], pts[1:]
+        d = (b - a) / 3
+        p1, p3 = a + d, a + 2 * d
+        p2 = p1 + d @ rot.T
+        pts = np.concatenate([np.stack([a, p1, p2, p3], axis=1).reshape(-1, 2), pts[-1:]])
+    return pts
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "known bias of Sohl-Dickstein's estimator (median of porespy's local slopes, boxes up to the "
+    "image side): on a 1024-px Koch snowflake it gives about 1.35, not log 4 / log 3 = 1.26; the "
+    "slopes of the boxes nearly as large as the image (2.0 and 2.7) are pooled too"))
+def test_koch_snowflake_has_dimension_log4_over_log3():
+    from matplotlib.path import Path
+
+    pts = _koch_snowflake(7)
+    pts = (pts - pts.min(0)) / (pts.max(0) - pts.min(0)).max() * (RES - 40) + 20
+    yy, xx = np.mgrid[:RES, :RES]
+    inside = Path(pts).contains_points(np.stack([xx.ravel() + 0.5, yy.ravel() + 0.5], 1)).reshape(RES, RES)
+    assert _dimension(inside) == pytest.approx(math.log(4) / math.log(3), abs=0.06)
+
+
+def test_noise_has_dimension_near_two():
+    noise = np.random.default_rng(0).random((RES, RES)) < 0.5
+    assert _dimension(noise) == pytest.approx(2.0, abs=0.05)
+
+
+def test_box_counts_match_a_direct_count():
+    rng = np.random.default_rng(1)
+    edge = rng.random((37, 45)) < 0.05
+    for s in (1, 4, 10, 37):
+        direct = 0
+        for i in range(0, 37, s):
+            for j in range(0, 45, s):
+                tile = edge[i:i + s, j:j + s]
+                direct += bool(tile.any()) and not bool(tile.all())
+        assert fractal.box_counts(edge, [s])[0] == direct
+
+
+def test_edges_are_two_by_two_sign_changes():
+    img = np.zeros((4, 4), dtype=bool)
+    img[:, 2:] = True
+    e = fractal.edges(img)
+    assert e.shape == (3, 3) and e[:, 1].all() and not e[:, 0].any() and not e[:, 2].any()
+
+
+def test_validation():
+    with pytest.raises(ValueError, match="min_box"):
+        fractal.box_sizes(8, min_box=10)
+    with pytest.raises(ValueError, match="no boundary"):
+        fractal.fractal_dimension([np.zeros((64, 64), dtype=bool)])
+    with pytest.raises(ValueError, match="image"):
+        fractal.edges(np.zeros(5, dtype=bool))
+
+
+# ---------------------------------------------------------------- devices
+@needs_cuda
+def test_cuda_generator_draws_on_cuda_and_matches_the_cpu_trainer():
+    g = torch.Generator(device="cuda").manual_seed(2)
+    p = fractal.make_problem(g)
+    assert p.x.device.type == "cuda"
+    pc = fractal.FractalProblem(*(t.cpu() for t in (p.x, p.y, p.W0, p.v0)), p.gain, p.kind)
     e = torch.logspace(0, 3, 64, dtype=torch.float64)
-    cpu = fractal.train_pixels(p, e, e.flip(0), steps=20)
-    gpu = fractal.train_pixels(pc, e, e.flip(0), steps=20, fused=True).cpu()
-    torch.testing.assert_close(gpu, cpu, equal_nan=True, rtol=1e-9, atol=1e-9)
+    cpu = fractal.train_pixels(pc, e, e.flip(0), steps=20)
+    for fused in (False, True):
+        gpu = fractal.train_pixels(p, e.cuda(), e.flip(0).cuda(), steps=20, fused=fused).cpu()
+        torch.testing.assert_close(gpu, cpu, rtol=1e-9, atol=1e-9)
+    q = fractal.make_quadratic_problem(g)
+    assert q.x.device.type == "cuda" and fractal.train_grid(q, ((1e-2, 1.0), (1e-2, 1.0)), 4, steps=5).device.type == "cpu"

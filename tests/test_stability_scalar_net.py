@@ -1,4 +1,5 @@
 """Tests for gdlab.stability.scalar_net: exact Hessian, exact gradient-flow solution, Kreisler's monotonicity."""
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -43,3 +44,15 @@ def test_gfs_sharpness_decreases_along_gd():
     run = sn.run_gd(ws + 1e-3 * torch.randn(ws.shape, generator=g, dtype=torch.float64), 1.0, eta, 500)
     phi = run["gfs_sharpness"]
     assert float(((phi[1:] - phi[:-1]) / phi[:-1]).max()) <= 1e-10
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_generator_and_gd_match_the_cpu():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    w = 0.5 + torch.rand(8, 3, generator=g, device=g.device, dtype=torch.float64)
+    ws = sn.gfs_point(w, 1.0)
+    eta = 2 * 1.02 / sn.gfs_sharpness(ws, 1.0)
+    gpu = sn.run_gd(ws, 1.0, eta, 50)
+    cpu = sn.run_gd(ws.cpu(), 1.0, eta.cpu(), 50)
+    assert gpu["w"].device.type == "cuda"
+    torch.testing.assert_close(gpu["gfs_sharpness"].cpu(), cpu["gfs_sharpness"], rtol=1e-9, atol=1e-12)

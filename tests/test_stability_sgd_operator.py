@@ -110,3 +110,28 @@ def test_simulate_sgd_matches_direct_batch_hessians(B):
         delta = delta / delta.norm(dim=1, keepdim=True)
     expected = torch.logsumexp(log_sq.view(2, 3), dim=1) - math.log(3)
     torch.testing.assert_close(got, expected / 7, rtol=1e-10, atol=1e-12)
+
+
+def test_frobenius_ratio_is_the_constant_the_instance_needs():
+    H = hessians(5, n=8, d=3)
+    e = so.critical_step(H, 2)
+    expected = e * float(torch.linalg.matrix_norm(H.mean(0))) / math.sqrt(2)
+    assert so.frobenius_ratio(H, 2) == pytest.approx(expected, rel=1e-12)
+    assert so.stability_bounds(H, 2)["frobenius"] * so.frobenius_ratio(H, 2) == pytest.approx(e, rel=1e-12)
+
+
+def test_trace_bound_holds_at_batch_size_one():
+    """Wu & Su 2023: a minimum stable for SGD with B = 1 has eta* Tr H <= 2."""
+    for seed in range(5):
+        H = hessians(seed, n=10, d=4)
+        assert so.critical_step(H, 1) <= so.stability_bounds(H, 1)["trace"] * (1 + 1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_generator_draws_on_cuda():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    H = so.regression_hessians(8, 3, g)
+    assert H.device.type == "cuda"
+    growth = so.simulate_sgd(H, 2, [0.01, 10.0], steps=30, runs=4, generator=g)
+    assert growth.device.type == "cuda" and growth[0] < 0 < growth[1]
+    assert math.isfinite(so.critical_step(H, 2))

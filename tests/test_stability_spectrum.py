@@ -6,6 +6,8 @@ from hypothesis import strategies as st
 
 from gdlab.stability import spectrum
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
 
 @settings(max_examples=30, deadline=None)
 @given(n_out=st.integers(1, 12), n_bulk=st.integers(1, 12), seed=st.integers(0, 1000))
@@ -24,26 +26,51 @@ def test_outlier_count_validation():
         spectrum.outlier_count(torch.tensor([1.0, 2.0]))
 
 
-def test_mixture_classifier_spectrum_small():
-    s = spectrum.mixture_classifier_spectrum(8, 3, torch.Generator().manual_seed(0), n=60, dim=5, steps=50,
-                                             k=6, n_steps=20)
-    assert s.top.shape == (6,) and bool((s.top[:-1] >= s.top[1:]).all())
-    assert 1 <= s.n_outliers <= 5 and s.num_params == 5 * 8 + 8 + 8 * 3 + 3
-    assert abs(float(torch.trapezoid(s.density, s.grid)) - 1) < 1e-10
+def test_cross_entropy_is_torchs():
+    out = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 1, 0])
+    torch.testing.assert_close(spectrum.cross_entropy(out, y), torch.nn.functional.cross_entropy(out, y))
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_mixture_classifier_spectrum_small(loss):
+    s = spectrum.mixture_classifier_spectrum(8, 3, torch.Generator().manual_seed(0), n_per_class=20, dim=5,
+                                             steps=20, loss=loss)
+    assert s.top.shape == (3 * 2 + 4,) and bool((s.top[:-1] >= s.top[1:]).all())
+    assert 1 <= s.n_outliers <= 9 and s.num_params == 5 * 8 + 8 + 8 * 3 + 3
+    assert s.density is None and 0 <= s.train_accuracy <= 1
     with pytest.raises(ValueError, match="'num_classes'"):
         spectrum.mixture_classifier_spectrum(8, 1, torch.Generator())
+    with pytest.raises(ValueError, match="'outputs'"):
+        spectrum.mixture_classifier_spectrum(8, 3, torch.Generator(), outputs=2)
+
+
+def test_extra_outputs_are_never_labels():
+    s = spectrum.mixture_classifier_spectrum(8, 3, torch.Generator().manual_seed(0), outputs=6, n_per_class=20,
+                                             dim=5, steps=20, k=10)
+    assert s.num_params == 5 * 8 + 8 + 8 * 6 + 6 and s.top.shape == (10,)
 
 
 def test_eigenvalue_count_counts_parameters_and_uses_the_shared_grid():
     """Over the whole grid the SLQ count is P (the density integrates to 1); a passed grid and sigma are used."""
     grid = torch.linspace(-20, 80, 1001, dtype=torch.float64)
-    s = spectrum.mixture_classifier_spectrum(8, 3, torch.Generator().manual_seed(0), n=60, dim=5, steps=50,
-                                             k=6, n_steps=20, grid=grid, sigma=0.5)
+    s = spectrum.mixture_classifier_spectrum(8, 3, torch.Generator().manual_seed(0), n_per_class=20, dim=5,
+                                             steps=20, k=6, n_steps=20, grid=grid, sigma=0.5, density=True,
+                                             loss="mse")
     assert torch.equal(s.grid, grid)
     assert spectrum.eigenvalue_count(s, -20.0, 80.0) == pytest.approx(s.num_params, rel=1e-9)
-    mid = float(grid[210])   # a grid point (about 1.0), shared by the two halves
-    lo, hi = spectrum.eigenvalue_count(s, -20.0, mid), spectrum.eigenvalue_count(s, mid, 80.0)
-    assert lo + hi == pytest.approx(s.num_params, rel=1e-9) and 0 < hi < s.num_params
     assert spectrum.eigenvalue_count(s, 100.0, 200.0) == 0.0
     with pytest.raises(ValueError, match="'lo', 'hi'"):
         spectrum.eigenvalue_count(s, 1.0, 1.0)
+    no_density = spectrum.mixture_classifier_spectrum(8, 3, torch.Generator().manual_seed(0), n_per_class=20,
+                                                      dim=5, steps=2, k=4)
+    with pytest.raises(ValueError, match="density"):
+        spectrum.eigenvalue_count(no_density, 0.0, 1.0)
+
+
+@needs_cuda
+def test_cuda_generator_trains_on_cuda():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    s = spectrum.mixture_classifier_spectrum(8, 3, g, n_per_class=20, dim=5, steps=10, k=6, density=True,
+                                             n_steps=10)
+    assert s.top.device.type == "cpu" and s.top.shape == (6,) and s.density is not None

@@ -5,9 +5,10 @@
 * :mod:`gdlab.icl.learners`: GD, GD++, ridge, least squares, averaging and their closed forms;
 * :mod:`gdlab.icl.transformer`: a small causal GPT-2-like transformer (Garg/Akyürek layout);
 * :mod:`gdlab.icl.metrics`: preds diff, model cos, SPD, ILWD, interpolation;
+* :mod:`gdlab.icl.probes`: linear probes of a transformer's hidden states and its implicit weights (Akyürek);
 * :mod:`gdlab.icl.dual`: Dai et al.'s dual form of linear attention and momentum attention;
 * :mod:`gdlab.icl.training`: training schedules (cool-down for the LSAs, warm-up + cosine for the transformers).
 """
-from gdlab.icl import dual, learners, lsa, metrics, tasks, training, transformer
+from gdlab.icl import dual, learners, lsa, metrics, probes, tasks, training, transformer
 
-__all__ = ["dual", "learners", "lsa", "metrics", "tasks", "training", "transformer"]
+__all__ = ["dual", "learners", "lsa", "metrics", "probes", "tasks", "training", "transformer"]

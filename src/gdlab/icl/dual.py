@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+__all__ = ["linear_attention", "dual_form", "dual_form_error", "momentum_attention", "momentum_buffer"]
+
 
 def linear_attention(values: torch.Tensor, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
     """Unnormalized attention without softmax: out_t = sum_i v_i (k_i . q_t); (…, T, d) inputs, all i attended."""
@@ -27,7 +29,7 @@ def dual_form(w_v: torch.Tensor, w_k: torch.Tensor, demonstrations: torch.Tensor
 
 def dual_form_error(w_v: torch.Tensor, w_k: torch.Tensor, w_q: torch.Tensor, demonstrations: torch.Tensor,
                     context: torch.Tensor, x_query: torch.Tensor) -> float:
-    """|attention - dual form| / (sum_i |v_i| |k_i . q|): the dual form's error relative to the size of the
+    """``|attention - dual form| / (sum_i |v_i| |k_i . q|)``: the dual form's error relative to the size of the
     summed terms (the scale of floating-point rounding, which cancellation in the sum cannot hide)."""
     tokens = torch.cat([demonstrations, context])
     values, keys, query = tokens @ w_v.T, tokens @ w_k.T, w_q @ x_query

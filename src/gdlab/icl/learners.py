@@ -13,6 +13,11 @@ import torch
 from gdlab.icl.tasks import RegressionTasks
 from gdlab.runtime import check_float, check_int
 
+__all__ = ["gd_weights", "gd_plus_plus_predict", "preconditioned_step_weights", "averaging_weights",
+           "ridge_weights", "ols_weights", "knn_predict", "predict", "one_step_loss", "best_one_step_size",
+           "tune_steps", "mahankali_step_size", "ahn_preconditioner", "garg_baselines", "uniform_one_step_optimum",
+           "prefix_predictions", "prefix_apply", "tuned_one_step_weights", "baselines"]
+
 
 def gd_weights(x: torch.Tensor, y: torch.Tensor, etas: Sequence[float] | torch.Tensor,
                w0: torch.Tensor | None = None) -> torch.Tensor:
@@ -32,8 +37,10 @@ def gd_plus_plus_predict(x: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor
                          etas: Sequence[float] | torch.Tensor, gammas: Sequence[float] | torch.Tensor) -> torch.Tensor:
     """GD++: step l takes a GD step on the residuals r and moves every input, x <- (I - gamma_l A) x.
 
-    With r_j the residual of point j (the query starts at r_q = 0) and A = (1/N) sum_i x_i x_i^T:
-      r_j <- r_j - eta_l (1/N) sum_i r_i x_i^T x_j,   x_j <- x_j - gamma_l A x_j,
+    With r_j the residual of point j (the query starts at r_q = 0) and A = (1/N) sum_i x_i x_i^T::
+
+        r_j <- r_j - eta_l (1/N) sum_i r_i x_i^T x_j,   x_j <- x_j - gamma_l A x_j,
+
     both from the same step-l values; the prediction is -r_q (von Oswald et al. 2022, Sec. 4).
     """
     n = x.shape[-2]
@@ -59,17 +66,55 @@ def averaging_weights(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def ridge_weights(x: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
-    """w_hat = (X^T X + lam I)^-1 X^T y (Akyürek et al. 2022); lam = 0 gives min-norm least squares."""
+    """w_hat = (X^T X + lam I)^-1 X^T y (Akyürek et al. 2022); lam = 0 gives min-norm least squares.
+
+    Solved on the smaller Gram matrix: the d x d one, or for k < d the k x k one through the identity
+    (X^T X + lam I)^-1 X^T = X^T (X X^T + lam I)^-1.
+    """
     lam = check_float("lam", lam, min=0.0)
     if lam == 0:
         return ols_weights(x, y)
-    gram = x.transpose(-1, -2) @ x + lam * torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
-    return torch.linalg.solve(gram, (x.transpose(-1, -2) @ y.unsqueeze(-1))).squeeze(-1)
+    return _gram_solve(x, y, lam)
 
 
 def ols_weights(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Minimum-norm least squares, w_hat = X^+ y (Garg et al. 2022)."""
-    return (torch.linalg.pinv(x) @ y.unsqueeze(-1)).squeeze(-1)
+    """Minimum-norm least squares, w_hat = X^+ y (Garg et al. 2022's "least squares").
+
+    Through the normal equations on the small Gram matrix: (X^T X)^-1 X^T y when k >= d, X^T (X X^T)^-1 y when
+    k < d (both equal X^+ y for full-rank X, which Gaussian inputs give with probability one). Batched small
+    solves instead of a batched pseudo-inverse, whose SVD is slow on GPUs for many small matrices.
+    """
+    return _gram_solve(x, y, 0.0)
+
+
+def _gram_solve(x: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
+    """(X^T X + lam I)^-1 X^T y through a Cholesky factor of the smaller Gram matrix, in float64.
+
+    A jitter of 1e-13 times the Gram matrix's mean diagonal keeps the factorization defined for the
+    (numerically) singular square systems that random float32 inputs produce now and then; it moves the
+    solution by a relative 1e-13 times the condition number.
+    """
+    k, d = x.shape[-2], x.shape[-1]
+    x64, y64 = x.double(), y.double().unsqueeze(-1)
+    xt = x64.transpose(-1, -2)
+    gram = xt @ x64 if k >= d else x64 @ xt
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    jitter = 1e-13 * gram.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]
+    factor = torch.linalg.cholesky(gram + (lam + jitter) * eye)
+    if k >= d:
+        w = torch.cholesky_solve(xt @ y64, factor)
+    else:
+        w = xt @ torch.cholesky_solve(y64, factor)
+    return w.squeeze(-1).to(x.dtype)
+
+
+def knn_predict(x: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """Mean label of the k context points nearest to the query (all of them if fewer); Garg et al. 2022's
+    "3-nearest neighbours" baseline. x (..., N, d), y (..., N), x_query (..., d) -> (...)."""
+    k = min(check_int("k", k, min=1), x.shape[-2])
+    dist = (x - x_query.unsqueeze(-2)).pow(2).sum(-1)
+    idx = dist.topk(k, dim=-1, largest=False).indices
+    return y.gather(-1, idx).mean(-1)
 
 
 def predict(weights: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
@@ -153,15 +198,18 @@ def ahn_preconditioner(covariance: torch.Tensor, n: int) -> torch.Tensor:
 def garg_baselines(k: np.ndarray | Sequence[int], d: int) -> dict[str, np.ndarray]:
     """Expected normalized error E (y_hat - w.x)^2 / d after k points, x, w ~ N(0, I_d), no noise.
 
-    averaging: (d+1)/k; min-norm least squares: max(0, 1 - k/d); one tuned GD step: (d+1)/(k+d+1)
-    (Garg et al. 2022, Sec. 3 and App.).
+    averaging: (d+1)/k; min-norm least squares: max(0, 1 - k/d); one GD step with the best step size
+    eta* = k/(k+d+1): (d+1)/(k+d+1). Averaging and least squares are Garg et al. 2022's baselines; the tuned
+    one-step GD is the learner of von Oswald et al. 2022, with the Gaussian-data step of Mahankali et al. 2023.
+    Derivation: with A = (1/k) sum_i x_i x_i^T, E A^2 = (1 + (d+1)/k) I, so E||(eta A - I) w||^2 / d
+    = 1 - 2 eta + eta^2 (1 + (d+1)/k); eta = 1 gives averaging and eta* the tuned step.
     """
     d = check_int("d", d, min=1)
     k = np.asarray(k, dtype=float)
     if (k < 1).any():
         raise ValueError(f"parameter 'k': got {k.tolist()}; expected context sizes >= 1")
     return {"averaging": (d + 1) / k, "least squares": np.maximum(0.0, 1 - k / d),
-            "one-step GD": (d + 1) / (k + d + 1)}
+            "one GD step": (d + 1) / (k + d + 1)}
 
 
 def uniform_one_step_optimum(n: int, d: int) -> dict:
@@ -183,9 +231,14 @@ def prefix_predictions(x: torch.Tensor, y: torch.Tensor, weights_fn) -> torch.Te
 
     ``weights_fn(x_prefix, y_prefix) -> w_hat`` is any learner above (Garg et al. 2022's evaluation).
     """
+    return prefix_apply(x, y, lambda xp, yp, xq: predict(weights_fn(xp, yp), xq))
+
+
+def prefix_apply(x: torch.Tensor, y: torch.Tensor, predict_fn) -> torch.Tensor:
+    """Like :func:`prefix_predictions` for any ``predict_fn(x_prefix, y_prefix, x_query) -> y_hat`` (e.g. k-NN)."""
     out = [torch.zeros_like(y[..., 0])]
     for k in range(1, x.shape[-2]):
-        out.append(predict(weights_fn(x[..., :k, :], y[..., :k]), x[..., k, :]))
+        out.append(predict_fn(x[..., :k, :], y[..., :k], x[..., k, :]))
     return torch.stack(out, dim=-1)
 
 
@@ -193,3 +246,13 @@ def tuned_one_step_weights(x: torch.Tensor, y: torch.Tensor, sigma: float = 0.0)
     """One GD step with the optimal step for Gaussian data, eta*(k) = k / (k + d + 1 + sigma^2) (Mahankali et al.)."""
     k, d = x.shape[-2], x.shape[-1]
     return mahankali_step_size(k, d, sigma) * averaging_weights(x, y)
+
+
+def baselines(sigma: float = 0.0) -> dict:
+    """The learners a trained transformer is compared with, as ``predict(x, y, x_query) -> y_hat``:
+    least squares, averaging and 3-nearest neighbours (Garg et al. 2022's baselines) and one GD step with the
+    Gaussian-optimal step k/(k+d+1+sigma^2) (von Oswald et al. 2022; Mahankali et al. 2023)."""
+    return {"least squares": lambda x, y, q: predict(ols_weights(x, y), q),
+            "one GD step": lambda x, y, q: predict(tuned_one_step_weights(x, y, sigma), q),
+            "averaging": lambda x, y, q: predict(averaging_weights(x, y), q),
+            "3-NN": knn_predict}

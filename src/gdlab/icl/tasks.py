@@ -16,6 +16,9 @@ import torch
 
 from gdlab.runtime import check_choice, check_float, check_int
 
+__all__ = ["X_DISTRIBUTIONS", "RegressionTasks", "sample_tasks", "von_oswald_tasks", "random_covariance",
+           "skewed_covariance", "orthogonal_query_tasks", "Curriculum"]
+
 X_DISTRIBUTIONS = ("uniform", "gaussian")
 
 
@@ -51,6 +54,15 @@ class RegressionTasks:
     def permuted(self, perm: torch.Tensor) -> "RegressionTasks":
         """The same tasks with the context points reordered by ``perm`` (a permutation of range(N))."""
         return RegressionTasks(self.x[..., perm, :], self.y[..., perm], self.x_query, self.y_query, self.w)
+
+    def head(self, m: int) -> "RegressionTasks":
+        """The first ``m`` tasks along the first batch dimension."""
+        return RegressionTasks(*(t[:m] for t in (self.x, self.y, self.x_query, self.y_query, self.w)))
+
+    def repeat(self, m: int) -> "RegressionTasks":
+        """The same tasks for each of ``m`` models: a new leading dimension of size ``m`` (a view)."""
+        return RegressionTasks(*(t.expand(m, *t.shape) for t in (self.x, self.y, self.x_query, self.y_query,
+                                                                 self.w)))
 
     def to(self, dtype: torch.dtype) -> "RegressionTasks":
         return RegressionTasks(*(t.to(dtype) for t in (self.x, self.y, self.x_query, self.y_query, self.w)))
@@ -109,3 +121,71 @@ def random_covariance(d: int, *, generator: torch.Generator, condition: float = 
     lam = torch.logspace(0, torch.log10(torch.tensor(condition)).item(), d, dtype=torch.float64, device=q.device)
     lam = lam * d / lam.sum()
     return ((q * lam) @ q.T).to(dtype)
+
+
+def skewed_covariance(d: int, *, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Garg et al. 2022's "skewed" input covariance: x = z T with T = U diag(1/i) U^T (U a random rotation),
+    scaled so that tr Sigma = d; so Sigma = T^T T has eigenvalues proportional to 1/i^2, i = 1..d
+    (their reference code, ``eval.build_evals`` and ``samplers.sample_transformation``)."""
+    d = check_int("d", d, min=1)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=generator, device=generator.device, dtype=torch.float64))
+    lam = 1.0 / torch.arange(1, d + 1, dtype=torch.float64, device=q.device) ** 2
+    return ((q * (lam * d / lam.sum())) @ q.T).to(dtype)
+
+
+def orthogonal_query_tasks(tasks: RegressionTasks, k: int) -> RegressionTasks:
+    """The first ``k`` context points of ``tasks`` with a query orthogonal to their span, of the original
+    query's norm (Garg et al. 2022's "orthogonal train/test" prompts, ``eval.gen_orthogonal_train_test``).
+
+    Needs k < d. Every learner whose weights lie in the span of the context (least squares, ridge, GD,
+    averaging) then predicts exactly 0, the best prediction when w ~ N(0, I). Labels are recomputed from w
+    without noise.
+    """
+    k = check_int("k", k, min=1, max=tasks.d - 1)
+    x = tasks.x[..., :k, :]
+    q, _ = torch.linalg.qr(x.transpose(-1, -2))  # (..., d, k): an orthonormal basis of the span
+    xq = tasks.x_query - (q @ (q.transpose(-1, -2) @ tasks.x_query.unsqueeze(-1))).squeeze(-1)
+    xq = xq * tasks.x_query.norm(dim=-1, keepdim=True) / xq.norm(dim=-1, keepdim=True)
+    yq = (xq * tasks.w).sum(-1)
+    return RegressionTasks(x, tasks.y[..., :k], xq, yq, tasks.w)
+
+
+@dataclass(frozen=True)
+class Curriculum:
+    """Garg et al. 2022's training curriculum (reference code ``curriculum.py``, ``conf/base.yaml`` and
+    ``conf/linear_regression.yaml``): the active input dimension and the number of points start small and grow
+    by ``dims_inc`` / ``points_inc`` every ``interval`` steps up to ``d`` and ``n_points``. Their linear-regression
+    run: dims 5 -> 20 (+1) and points 11 -> 41 (+2), every 2000 steps."""
+
+    d: int
+    n_points: int
+    dims_start: int
+    points_start: int
+    interval: int
+    dims_inc: int = 1
+    points_inc: int = 2
+
+    def __post_init__(self):
+        check_int("dims_start", self.dims_start, min=1, max=self.d)
+        check_int("points_start", self.points_start, min=1, max=self.n_points)
+        check_int("interval", self.interval, min=1)
+
+    def at(self, step: int) -> tuple[int, int]:
+        """(active dimensions, points) used at training step ``step``."""
+        grown = step // self.interval
+        return (min(self.d, self.dims_start + grown * self.dims_inc),
+                min(self.n_points, self.points_start + grown * self.points_inc))
+
+    def sample(self, step: int, batch: int | tuple[int, ...], *, generator: torch.Generator,
+               **kwargs) -> RegressionTasks:
+        """Tasks for step ``step``: inputs beyond the active dimensions are zero (as in Garg et al.'s sampler)."""
+        dims, points = self.at(step)
+        t = sample_tasks(batch, points, self.d, generator=generator, **kwargs)
+        if dims == self.d:
+            return t
+        mask = (torch.arange(self.d, device=t.x.device) < dims).to(t.x.dtype)
+        x, xq = t.x * mask, t.x_query * mask
+        # keep each label's noise, recompute its clean part from the masked inputs
+        y = t.y + ((x - t.x) @ t.w.unsqueeze(-1)).squeeze(-1)
+        yq = t.y_query + ((xq - t.x_query) * t.w).sum(-1)
+        return RegressionTasks(x, y, xq, yq, t.w)

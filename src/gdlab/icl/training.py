@@ -17,6 +17,8 @@ import torch
 from gdlab.runtime import check_float, check_int
 from gdlab.train import History, fit
 
+__all__ = ["fit_with_cooldown", "warmup_cosine", "fit_warmup_cosine"]
+
 
 def fit_with_cooldown(params: Iterable[torch.Tensor], loss_fn: Callable[[int], torch.Tensor], steps: int, *,
                       lr: float, cooldown: float = 0.25, log_every: int = 10, clip_norm: float | None = None) -> History:

@@ -20,6 +20,8 @@ from torch import nn
 from gdlab.icl.tasks import RegressionTasks
 from gdlab.runtime import check_choice, check_float, check_int
 
+__all__ = ["LAYOUTS", "TransformerConfig", "interleave", "CausalTransformer", "prompt_loss", "train_transformer"]
+
 LAYOUTS = ("akyurek", "paired")
 
 
@@ -128,9 +130,17 @@ class CausalTransformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (M, B, T, d+1) -> outputs (M, B, T)."""
+        h = self.hidden_states(tokens)[-1]
+        h = _layer_norm(h, self.ln_f_w, self.ln_f_b)
+        return _linear(h, self.read_out_w, self.read_out_b).squeeze(-1)
+
+    def hidden_states(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """The residual stream after the embedding and after each block: depth + 1 tensors (M, B, T, width)
+        (what Akyürek et al. 2022, Sec. 5, probe)."""
         c = self.config
         M, B, T, _ = tokens.shape
         h = _linear(tokens, self.read_in_w, self.read_in_b) + self.positions[:, None, :T]
+        out = [h]
         for p in self.blocks:
             a = _linear(_layer_norm(h, p["ln1_w"], p["ln1_b"]), p["qkv_w"], p["qkv_b"])
             q, k, v = (t.reshape(M, B, T, c.heads, -1).transpose(-3, -2) for t in a.chunk(3, dim=-1))
@@ -138,12 +148,20 @@ class CausalTransformer(nn.Module):
             h = h + _linear(att.transpose(-3, -2).reshape(M, B, T, c.width), p["proj_w"], p["proj_b"])
             m = F.gelu(_linear(_layer_norm(h, p["ln2_w"], p["ln2_b"]), p["fc_w"], p["fc_b"]))
             h = h + _linear(m, p["out_w"], p["out_b"])
-        h = _layer_norm(h, self.ln_f_w, self.ln_f_b)
-        return _linear(h, self.read_out_w, self.read_out_b).squeeze(-1)
+            out.append(h)
+        return out
 
     def predict_all(self, tasks: RegressionTasks) -> torch.Tensor:
         """Prediction of y_k from the first k points and x_k, for k = 0..n-1: tasks (M, B, ...) -> (M, B, n)."""
         return self(interleave(tasks.x, tasks.y, self.config.layout))[..., 0::2]
+
+    def predict_each(self, tasks: RegressionTasks) -> torch.Tensor:
+        """:meth:`predict_all` of every model on the same prompts: tasks (B, ...) -> (M, B, n)."""
+        return self.predict_all(tasks.repeat(self.config.models))
+
+    def predict_query_each(self, tasks: RegressionTasks) -> torch.Tensor:
+        """:meth:`predict` of every model on the same prompts: tasks (B, ...) -> (M, B)."""
+        return self.predict(tasks.repeat(self.config.models))
 
     def predict(self, tasks: RegressionTasks) -> torch.Tensor:
         """Prediction at the query after all N context points: (M, B, ...) -> (M, B); needs N < n_points."""
@@ -164,17 +182,23 @@ def prompt_loss(model: CausalTransformer, tasks: RegressionTasks) -> torch.Tenso
 
 
 def train_transformer(model: CausalTransformer, sample, steps: int, *, lr: float = 1e-3, warmup: float = 0.05,
-                      log_every: int = 10):
+                      schedule: str = "cosine", log_every: int = 10):
     """Adam on :func:`prompt_loss` with fresh prompts ``sample(step)`` (shape (M, B, …)) every step.
 
-    The learning rate warms up linearly over the first ``warmup`` fraction of steps and then decays to
-    zero on a cosine (:func:`gdlab.icl.training.fit_warmup_cosine`). The logged loss is per model and per
-    dimension, E (y_hat - y)^2 / d, the normalized error of Garg et al. 2022.
+    ``schedule="cosine"``: the learning rate warms up linearly over the first ``warmup`` fraction of steps and
+    then decays to zero on a cosine (:func:`gdlab.icl.training.fit_warmup_cosine`); ``"constant"``: Adam at
+    ``lr`` throughout, as Garg et al. 2022 train (reference code ``train.py``). The logged loss is per model
+    and per dimension, E (y_hat - y)^2 / d, the normalized error of Garg et al. 2022.
     """
     from gdlab.icl.training import fit_warmup_cosine
+    from gdlab.train import fit
 
+    check_choice("schedule", schedule, ("cosine", "constant"))
     c = model.config
-    history = fit_warmup_cosine(model.parameters(), lambda step: prompt_loss(model, sample(step)), steps, lr=lr,
-                                warmup=warmup, log_every=log_every)
+    loss_fn = lambda step: prompt_loss(model, sample(step))
+    if schedule == "cosine":
+        history = fit_warmup_cosine(model.parameters(), loss_fn, steps, lr=lr, warmup=warmup, log_every=log_every)
+    else:
+        history = fit(list(model.parameters()), loss_fn, steps, lr=lr, log_every=log_every)
     history.loss = [loss / (c.models * c.d) for loss in history.loss]
     return history

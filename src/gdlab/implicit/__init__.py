@@ -1,6 +1,7 @@
 """Implicit regularization: which solution gradient descent picks when many fit (Chapter 2).
 
 Modules, one idea each:
+
 - :mod:`gdlab.implicit.sensing`: matrix sensing with ``U U^T`` / ``F G^T`` factorizations, small
   initialization and incremental learning (Gunasekar et al. 2017; Li, Ma & Zhang 2018; Jin et al. 2023;
   Xiong, Ding & Du 2023).

@@ -28,6 +28,13 @@ from gdlab.double_descent import min_norm_solution  # noqa: F401  (the pseudo-in
 from gdlab.implicit._threads import single_threaded
 from gdlab.runtime import check_choice, check_float, check_int, progress
 
+__all__ = [
+    "SparseRegression", "sparse_regression", "beta_of", "trace_hessian", "per_sample_hessians",
+    "train_loss", "batch_weights", "sgd_step", "DiagonalRun", "train", "flow_step_sizes",
+    "diagonal_gd", "q", "Q_alpha", "q_alpha_minimizer", "min_l1_solution", "SaddlePath",
+    "saddle_to_saddle", "saddle_tracking", "min_norm_solution",
+]
+
 
 # ------------------------------------------------------------------------------------------ data
 @dataclass
@@ -287,3 +294,109 @@ def min_l1_solution(X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if not res.success:
         raise RuntimeError(f"the l1 linear program failed: {res.message}")
     return torch.as_tensor(res.x[:d] - res.x[d:]).to(device=X.device, dtype=X.dtype)
+
+
+# ------------------------------------------------------------------------------ saddle to saddle
+@dataclass
+class SaddlePath:
+    """The limit of the accelerated flow ``beta(t ln(1/alpha))`` as alpha -> 0 (Pesme & Flammarion 2023):
+    piecewise constant, equal to ``saddles[k]`` on ``[times[k], times[k+1])`` (the last one for ever).
+    ``times`` (K+1,) starts at 0 with ``saddles[0] = 0``; ``signs`` (K+1, d) is the dual vector s(t_k) with
+    the support's signs at +-1/2."""
+
+    times: torch.Tensor
+    saddles: torch.Tensor
+    signs: torch.Tensor
+
+    def at(self, t: torch.Tensor) -> torch.Tensor:
+        """The limiting process at accelerated times ``t`` (T,): (T, d)."""
+        idx = torch.searchsorted(self.times, t.to(self.times), right=True) - 1
+        return self.saddles[idx.clamp(min=0)]
+
+
+def saddle_to_saddle(X: torch.Tensor, y: torch.Tensor, *, tol: float = 1e-10, max_jumps: int = 1000) -> SaddlePath:
+    """The saddles and jump times of small-initialization gradient flow on ``(1/2n)||X beta - y||^2``
+    with ``beta = u*u - v*v``, ``u = v = alpha 1`` (Pesme & Flammarion 2023, Algorithm 1, in this
+    parametrization).
+
+    The flow gives ``beta_i(t) = 2 alpha^2 sinh(4 S_i(t))`` with ``S(t) = -int_0^t grad L(beta)``. In the
+    accelerated time ``t~ = t / ln(1/alpha)`` and with ``s = S / ln(1/alpha)``, ``|beta_i| ~ alpha^(2 - 4|s_i|)``:
+    a coordinate is zero while ``|s_i| < 1/2`` and may be nonzero, with the sign of ``s_i``, once ``|s_i| = 1/2``.
+    Between jumps ``beta`` sits at a saddle and ``s`` moves linearly, ``ds/dt~ = -grad L(beta_k)``; the next
+    jump is the first time an inactive coordinate reaches ``|s_i| = 1/2``, and the new saddle minimizes L
+    over ``beta_i = 0`` (``|s_i| < 1/2``), ``sign(s_i) beta_i >= 0`` (``|s_i| = 1/2``), a bounded least-squares
+    problem (scipy's BVLS). The path ends at an interpolant, the minimum-l1-norm one. Runs on the host in
+    float64; the result is on the device of ``X``.
+    """
+    from scipy.optimize import lsq_linear
+
+    tol = check_float("tol", tol, min=0.0, open_min=True)
+    max_jumps = check_int("max_jumps", max_jumps, min=1)
+    Xn, yn = X.detach().cpu().double().numpy(), y.detach().cpu().double().numpy()
+    n, d = Xn.shape
+    scale = max(1.0, float(np.abs(Xn.T @ yn).max()) / n)
+    t, s, beta = 0.0, np.zeros(d), np.zeros(d)
+    times, saddles, signs = [0.0], [beta.copy()], [s.copy()]
+    for _ in range(max_jumps):
+        g = Xn.T @ (Xn @ beta - yn) / n
+        if np.abs(g).max() <= tol * scale:
+            break
+        moving = np.abs(g) > tol * scale
+        target = np.where(g < 0, 0.5, -0.5)            # the boundary s_i moves towards
+        with np.errstate(divide="ignore", invalid="ignore"):
+            delta = np.where(moving, (s - target) / g, np.inf)
+        delta[delta <= 1e-15] = np.inf                   # at the boundary already (or moving away)
+        if not np.isfinite(delta.min()):
+            raise RuntimeError("saddle_to_saddle: no coordinate can activate, but the gradient is not zero")
+        step = delta.min()
+        t, s = t + step, np.clip(s - step * g, -0.5, 0.5)
+        on = np.abs(np.abs(s) - 0.5) <= 1e-9
+        idx = np.nonzero(on)[0]
+        lo = np.where(s[idx] > 0, 0.0, -np.inf)
+        hi = np.where(s[idx] > 0, np.inf, 0.0)
+        fit = lsq_linear(Xn[:, idx], yn, bounds=(lo, hi), method="bvls", tol=1e-14)
+        beta = np.zeros(d)
+        beta[idx] = fit.x
+        times.append(t)
+        saddles.append(beta.copy())
+        signs.append(s.copy())
+    else:
+        raise RuntimeError(f"saddle_to_saddle: no interpolant after {max_jumps} jumps")
+    as_t = lambda a: torch.as_tensor(np.asarray(a)).to(device=X.device, dtype=torch.float64)  # noqa: E731
+    return SaddlePath(as_t(times), as_t(saddles), as_t(signs))
+
+
+def saddle_tracking(run: DiagonalRun, path: SaddlePath, *, min_plateau: float = 0.1) -> dict[str, torch.Tensor]:
+    """How closely each GD run of ``run`` follows the saddle-to-saddle ``path`` in accelerated time
+    ``t~ = eta t / ln(1/alpha)`` (steps times the run's step, over ln(1/alpha)).
+
+    Per run (R,): ``time_error``, the largest relative error ``|t~_hit / t~_k - 1|`` over the activations,
+    where a coordinate that enters the support at jump k is "hit" when ``|beta_i|`` first reaches half its value
+    in saddle k (inf if never); ``saddle_error``, the largest ``||beta(t~) - saddle_k|| / ||beta_final||`` at the
+    middle of every plateau at least ``min_plateau`` long (and at 1.15 t~_K for the last one). Needs the
+    run's path logged densely (``log_every``)."""
+    min_plateau = check_float("min_plateau", min_plateau, min=0.0)
+    times, saddles = path.times.cpu(), path.saddles.cpu()
+    K = len(times) - 1
+    scale = float(saddles[-1].norm())
+    t_errors, s_errors = [], []
+    for r in range(run.beta.shape[0]):
+        a, e = float(run.alpha[r]), float(run.eta[r])
+        tt = run.steps.double() * e / np.log(1 / a)
+        beta = run.path[r].detach().cpu().double()
+        errs = []
+        for k in range(1, K + 1):
+            for i in torch.nonzero((saddles[k] != 0) & (saddles[k - 1] == 0)).flatten().tolist():
+                hit = torch.nonzero(beta[:, i].abs() >= saddles[k, i].abs() / 2).flatten()
+                errs.append(abs(float(tt[hit[0]]) / float(times[k]) - 1) if len(hit) else float("inf"))
+        t_errors.append(max(errs) if errs else float("nan"))
+        ends = torch.cat([times[2:], times[-1:] * 1.3])
+        serrs = []
+        for k in range(1, K + 1):
+            if float(ends[k - 1] - times[k]) >= min_plateau or k == K:
+                mid = (times[k] + ends[k - 1]) / 2
+                j = min(int(torch.searchsorted(tt, mid)), len(tt) - 1)
+                serrs.append(float((beta[j] - saddles[k]).norm()) / scale)
+        s_errors.append(max(serrs))
+    return {"time_error": torch.tensor(t_errors, dtype=torch.float64),
+            "saddle_error": torch.tensor(s_errors, dtype=torch.float64)}

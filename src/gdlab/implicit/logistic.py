@@ -2,6 +2,7 @@
 
 Notation follows Tyurin 2024: samples ``a_i`` with labels ``y_i in {-1, +1}``, the loss
 ``f(theta) = (1/n) sum_i log(1 + exp(-y_i a_i^T theta))`` and GD ``theta_{t+1} = theta_t - gamma grad f``.
+
 - Soudry et al. 2018 (Thm. 3): with a small step, ``theta_t / ||theta_t||`` tends to the hard-margin
   SVM direction at rate ``O(1 / ln t)``, and the loss falls like ``O(1 / t)``.
 - Tyurin 2024 (Thm. 3.2): as ``gamma -> inf``, ``theta_t / gamma`` tends to the Batch Perceptron iterate.
@@ -18,6 +19,14 @@ import torch
 
 from gdlab.implicit._threads import single_threaded
 from gdlab.runtime import check_float, check_int, check_sequence, progress
+
+__all__ = [
+    "logistic_loss", "logistic_grad", "accuracy", "Trajectory", "logistic_gd",
+    "batch_perceptron", "iterations_to_separate", "svm_direction", "SoudryAsymptotics",
+    "fit_scale", "soudry_asymptotics", "normalized_margin", "direction_gap",
+    "tyurin_theorem_41_data", "tyurin_theorem_51_data", "generic_separable_data",
+    "soudry_figure1_data",
+]
 
 
 def _signed(a: torch.Tensor, y: torch.Tensor, *, batched: bool = False) -> torch.Tensor:
@@ -142,7 +151,63 @@ def svm_direction(a: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
                    options={"ftol": 1e-14, "maxiter": 1000})
     if not res.success or (Z @ res.x).min() < 1 - 1e-6:
         raise RuntimeError(f"the SVM quadratic program failed (is the data separable?): {res.message}")
-    return torch.as_tensor(res.x, dtype=torch.float64)
+    return torch.as_tensor(res.x, dtype=torch.float64).to(a.device)
+
+
+@dataclass
+class SoudryAsymptotics:
+    """The parameter-free large-t behaviour of LR+GD on separable data (Soudry et al. 2018, Thm. 3):
+    ``w_t = w_hat ln t + w_tilde + o(1)``. ``w_hat`` is the hard-margin SVM, ``dual`` its support vectors'
+    weights (``w_hat = sum_n dual_n y_n a_n``), ``support`` their indices, ``w_tilde`` the offset fixed by
+    ``eta exp(-y_n a_n^T w_tilde) = dual_n`` on the support vectors (``eta = gamma / n``, the step on the
+    summed loss), and ``loss_times_t`` the limit ``||w_hat||^2 / gamma`` of ``f(w_t) t`` for the mean loss."""
+
+    w_hat: torch.Tensor
+    w_tilde: torch.Tensor
+    dual: torch.Tensor
+    support: torch.Tensor
+    loss_times_t: float
+
+    def gap(self, t: torch.Tensor) -> torch.Tensor:
+        """Predicted direction gap ``|| w/||w|| - w_hat/||w_hat|| ||`` of ``w = w_hat ln t + w_tilde`` at times t."""
+        w = self.w_hat * torch.log(t.double()).unsqueeze(-1).to(self.w_hat) + self.w_tilde
+        return direction_gap(w, self.w_hat)
+
+    @property
+    def perpendicular(self) -> float:
+        """``||P_perp w_tilde|| / ||w_hat||``: the gap tends to this over ``ln t + ratio``, with
+        ``ratio = w_hat . w_tilde / ||w_hat||^2``."""
+        u = self.w_hat / self.w_hat.norm()
+        return float((self.w_tilde - u * (u @ self.w_tilde)).norm() / self.w_hat.norm())
+
+
+def fit_scale(values: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+    """The member ``c * shape`` of a one-parameter family closest to ``values`` in log scale
+    (``log c = mean(log values - log shape)``): the best-fitting alternative curve, e.g. a gap decaying
+    like ``t^-0.2`` or a constant."""
+    c = torch.exp((torch.log(values) - torch.log(shape)).mean())
+    return c * shape
+
+
+def soudry_asymptotics(a: torch.Tensor, y: torch.Tensor, gamma: float, *, margin_tol: float = 1e-6) -> SoudryAsymptotics:
+    """:class:`SoudryAsymptotics` for LR+GD with step ``gamma`` on the mean loss, from the SVM alone.
+
+    Support vectors are the samples with margin ``y_n a_n^T w_hat <= 1 + margin_tol``; their dual weights solve
+    ``sum_n dual_n y_n a_n = w_hat`` (least squares); ``w_tilde`` solves ``y_n a_n^T w_tilde = ln(eta / dual_n)``
+    on them (least squares, minimum norm if the support vectors do not span the space). Since
+    ``y_n a_n^T w_hat = 1`` on the support, ``sum_n dual_n = ||w_hat||^2`` and the summed loss times t tends to
+    ``sum_n exp(-y_n a_n^T w_tilde) = ||w_hat||^2 / eta``, so the mean loss times t tends to ``||w_hat||^2 / gamma``."""
+    gamma = check_float("gamma", gamma, min=0.0, open_min=True)
+    Z = _signed(a, y)
+    w = svm_direction(a, y).to(Z)
+    support = torch.nonzero(Z @ w <= 1 + margin_tol).flatten()
+    Zs = Z[support]
+    dual = torch.linalg.lstsq(Zs.T.cpu(), w.cpu().unsqueeze(1)).solution.squeeze(1).to(Z)
+    if bool((dual <= 0).any()):
+        raise RuntimeError(f"soudry_asymptotics: non-positive dual weights {dual.tolist()} (degenerate support)")
+    eta = gamma / Z.shape[0]
+    w_tilde = torch.linalg.lstsq(Zs.cpu(), torch.log(eta / dual).cpu().unsqueeze(1)).solution.squeeze(1).to(Z)
+    return SoudryAsymptotics(w, w_tilde, dual, support, float(w @ w) / gamma)
 
 
 def normalized_margin(a: torch.Tensor, y: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -187,17 +252,20 @@ def generic_separable_data(generator: torch.Generator, n_random: int = 6,
     if len(asymmetry) != 2 or asymmetry[0] > asymmetry[1]:
         raise ValueError(f"parameter 'asymmetry': got {asymmetry}; expected (low, high) with low <= high")
 
+    dev = generator.device
+
     def uniform(*shape):
-        return torch.rand(*shape, generator=generator, dtype=torch.float64, device=generator.device).cpu()
+        return torch.rand(*shape, generator=generator, dtype=torch.float64, device=dev)
 
     angle = 2 * np.pi * uniform(1)
     u = torch.cat([angle.cos(), angle.sin()])
     v = torch.stack([-u[1], u[0]])
-    e = (asymmetry[0] + (asymmetry[1] - asymmetry[0]) * uniform(1)) * torch.where(uniform(1) < 0.5, 1.0, -1.0).double()
-    along = torch.cat([torch.ones(2, dtype=torch.float64), 2 + 2 * uniform(n_random)])
+    sign = torch.where(uniform(1) < 0.5, 1.0, -1.0).double()
+    e = (asymmetry[0] + (asymmetry[1] - asymmetry[0]) * uniform(1)) * sign
+    along = torch.cat([torch.ones(2, dtype=torch.float64, device=dev), 2 + 2 * uniform(n_random)])
     across = torch.cat([1 + e, e - 1, 3 * (2 * uniform(n_random) - 1)])
     z = along[:, None] * u + across[:, None] * v
-    y = torch.where(torch.arange(2 + n_random) % 2 == 0, 1.0, -1.0).double()
+    y = torch.where(torch.arange(2 + n_random, device=dev) % 2 == 0, 1.0, -1.0).double()
     return y[:, None] * z, y
 
 
@@ -206,13 +274,15 @@ def soudry_figure1_data(generator: torch.Generator, n_random: int = 12) -> tuple
     and their negatives (label -1), so the max-margin direction is ``(1, 1)/sqrt(2)`` with margin
     ``sqrt(2)``; plus ``n_random`` random points (half per class) strictly off the margin."""
     n_random = check_int("n_random", n_random, min=0)
-    sv = torch.tensor([[0.5, 1.5], [1.5, 0.5]], dtype=torch.float64)
-    u = torch.tensor([1.0, 1.0], dtype=torch.float64) / 2 ** 0.5
-    v = torch.tensor([1.0, -1.0], dtype=torch.float64) / 2 ** 0.5
-    along = 2 ** 0.5 + 0.5 + 2 * torch.rand(n_random, generator=generator, dtype=torch.float64, device=generator.device).cpu()
-    across = 3 * (2 * torch.rand(n_random, generator=generator, dtype=torch.float64, device=generator.device).cpu() - 1)
+    dev = generator.device
+    f64 = dict(dtype=torch.float64, device=dev)
+    sv = torch.tensor([[0.5, 1.5], [1.5, 0.5]], **f64)
+    u = torch.tensor([1.0, 1.0], **f64) / 2 ** 0.5
+    v = torch.tensor([1.0, -1.0], **f64) / 2 ** 0.5
+    along = 2 ** 0.5 + 0.5 + 2 * torch.rand(n_random, generator=generator, **f64)
+    across = 3 * (2 * torch.rand(n_random, generator=generator, **f64) - 1)
     pts = along[:, None] * u + across[:, None] * v
-    y_rand = torch.where(torch.arange(n_random) % 2 == 0, 1.0, -1.0).double()
+    y_rand = torch.where(torch.arange(n_random, device=dev) % 2 == 0, 1.0, -1.0).double()
     a = torch.cat([sv, -sv, y_rand[:, None] * pts])
-    y = torch.cat([torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=torch.float64), y_rand])
+    y = torch.cat([torch.tensor([1.0, 1.0, -1.0, -1.0], **f64), y_rand])
     return a, y

@@ -15,10 +15,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from gdlab.implicit._threads import single_threaded
 from gdlab.runtime import check_float, check_int, check_sequence, progress
+
+__all__ = [
+    "SensingProblem", "gaussian_measurements", "low_rank_target", "sensing_problem", "measure",
+    "adjoint", "SensingRun", "symmetric_gd", "asymmetric_gd", "Solution", "describe",
+    "min_nuclear_norm_psd", "best_rank_s_fit", "stage_time_formula", "stage_times",
+    "loglog_slope", "late_loglog_slope", "linear_rate", "late_rate", "late_rate_ratio",
+]
 
 
 @dataclass
@@ -60,6 +68,7 @@ def gaussian_measurements(m: int, d: int, generator: torch.Generator, *, symmetr
 def low_rank_target(d: int, sigma, generator: torch.Generator, *, dtype=torch.float64, device=None):
     """``X* = V diag(sigma) V^T`` with a uniformly random orthonormal ``V`` (d x r). Returns (X*, V)."""
     d = check_int("d", d, min=1)
+    device = generator.device if device is None else device
     sigma = torch.as_tensor(check_sequence("sigma", sigma, lambda n, v: check_float(n, v, min=0.0, open_min=True)),
                             dtype=dtype, device=device)
     if len(sigma) > d:
@@ -72,6 +81,7 @@ def sensing_problem(d: int, sigma, m: int, generator: torch.Generator, *, symmet
                     dtype=torch.float64, device=None) -> SensingProblem:
     """A random rank-``len(sigma)`` PSD target and ``m`` Gaussian measurements of it
     (symmetric ones by default; see :func:`gaussian_measurements`)."""
+    device = generator.device if device is None else device
     X_star, V = low_rank_target(d, sigma, generator, dtype=dtype, device=device)
     A = gaussian_measurements(m, d, generator, symmetric=symmetric, dtype=dtype, device=device)
     sigma_t = torch.as_tensor(sigma, dtype=dtype, device=device)
@@ -106,19 +116,29 @@ def _initial_factor(problem: SensingProblem, alphas, k: int, generator: torch.Ge
 @dataclass
 class SensingRun:
     """Logged GD trajectories for B models: ``steps`` (T,), ``error`` (B, T) = ||X_t - X*||_F,
-    ``eigenvalues`` (B, T, d) of X_t in descending order, and the final factors."""
+    ``eigenvalues`` (B, T, d) of X_t in descending order, the final factors, and ``distances``
+    (B, T, J) = ||X_t - R_j||_F to the reference matrices ``references`` (J = 0 when none were given)."""
 
     alphas: list
     steps: torch.Tensor
     error: torch.Tensor
     eigenvalues: torch.Tensor
     factors: tuple
+    distances: torch.Tensor | None = None
+
+    @property
+    def final(self) -> torch.Tensor:
+        """The final matrices ``X_T`` (B, d, d)."""
+        if len(self.factors) == 1:
+            return self.factors[0] @ self.factors[0].transpose(1, 2)
+        return self.factors[0] @ self.factors[1].transpose(1, 2)
 
 
 def symmetric_gd(problem: SensingProblem, alphas, k: int, eta: float, steps: int, generator: torch.Generator,
-                 *, log_every: int = 1) -> SensingRun:
+                 *, log_every: int = 1, references=()) -> SensingRun:
     """GD on ``f(U) = (1/4m) sum_i (<A_i, U U^T> - y_i)^2`` from ``U_0 = alpha N(0, 1/d)`` (d x k),
-    one model per alpha. The gradient is ``(1/m) sum_i r_i sym(A_i) U``.
+    one model per alpha. The gradient is ``(1/m) sum_i r_i sym(A_i) U``. ``references``: matrices
+    whose distance to ``X_t`` is logged (``SensingRun.distances``).
 
     Li, Ma & Zhang 2018; Jin et al. 2023 (incremental learning); Xiong, Ding & Du 2023 (k > r).
     """
@@ -130,7 +150,7 @@ def symmetric_gd(problem: SensingProblem, alphas, k: int, eta: float, steps: int
         return (U - eta * (S + S.transpose(1, 2)) / 2 @ U,)
 
     return _run_gd(problem, alphas, (U,), lambda U: U @ U.transpose(1, 2), step,
-                   lambda X: torch.linalg.eigvalsh(X).flip(-1), steps, log_every, "symmetric GD")
+                   lambda X: torch.linalg.eigvalsh(X).flip(-1), steps, log_every, "symmetric GD", references)
 
 
 def asymmetric_gd(problem: SensingProblem, alphas, k: int, eta: float, steps: int, generator: torch.Generator,
@@ -155,11 +175,13 @@ def asymmetric_gd(problem: SensingProblem, alphas, k: int, eta: float, steps: in
                    torch.linalg.svdvals, steps, log_every, "asymmetric GD")
 
 
-def _run_gd(problem, alphas, factors, product, step, spectrum, steps, log_every, desc) -> SensingRun:
+def _run_gd(problem, alphas, factors, product, step, spectrum, steps, log_every, desc, references=()) -> SensingRun:
     """The GD loop shared by both parametrizations: ``X = product(*factors)``, the sensing
-    gradient ``S = A^*(A(X) - y) / m``, then ``factors = step(factors, S)``; logs ``||X - X*||_F``
-    and ``spectrum(X)`` every ``log_every`` steps and at the end."""
-    logged, errors, eigs = [], [], []
+    gradient ``S = A^*(A(X) - y) / m``, then ``factors = step(factors, S)``; logs ``||X - X*||_F``,
+    ``spectrum(X)`` and the distances to ``references`` every ``log_every`` steps and at the end."""
+    refs = (torch.stack([r.to(problem.A) for r in references]) if len(references)
+            else problem.A.new_zeros(0, problem.d, problem.d))
+    logged, errors, eigs, dists = [], [], [], []
     with single_threaded(problem.A.device):
         for t in progress(range(steps + 1), desc=desc):
             X = product(*factors)
@@ -167,11 +189,73 @@ def _run_gd(problem, alphas, factors, product, step, spectrum, steps, log_every,
                 logged.append(t)
                 errors.append(torch.linalg.matrix_norm(X - problem.X_star))
                 eigs.append(spectrum(X))
+                dists.append(torch.linalg.matrix_norm(X.unsqueeze(1) - refs))
             if t == steps:
                 break
             S = adjoint(problem.A, measure(problem.A, X) - problem.y) / problem.m
             factors = step(factors, S)
-    return SensingRun(alphas, torch.tensor(logged), torch.stack(errors, 1), torch.stack(eigs, 1), tuple(factors))
+    return SensingRun(alphas, torch.tensor(logged), torch.stack(errors, 1), torch.stack(eigs, 1), tuple(factors),
+                      torch.stack(dists, 1))
+
+
+# ------------------------------------------------------------------ which interpolant: measurements
+@dataclass
+class Solution:
+    """How a matrix ``X`` (or a batch) answers the sensing problem: relative ``residual``
+    ``||A(X) - y|| / ||y||``, relative ``error`` ``||X - X*||_F / ||X*||_F``, numerical ``rank``
+    (singular values above ``rtol`` times the largest) and ``nuclear`` norm."""
+
+    residual: torch.Tensor
+    error: torch.Tensor
+    rank: torch.Tensor
+    nuclear: torch.Tensor
+
+
+def describe(problem: SensingProblem, X: torch.Tensor, rtol: float = 1e-3,
+             threshold: float | None = None) -> Solution:
+    """:class:`Solution` statistics of ``X`` (..., d, d), on the device of ``X``. The rank counts singular
+    values above ``threshold`` if given, else above ``rtol`` times the largest."""
+    rtol = check_float("rtol", rtol, min=0.0, open_min=True)
+    s = torch.linalg.svdvals(X)
+    cut = (rtol * s.amax(-1, keepdim=True) if threshold is None
+           else check_float("threshold", threshold, min=0.0, open_min=True))
+    return Solution(residual=torch.linalg.vector_norm(measure(problem.A, X) - problem.y, dim=-1) / problem.y.norm(),
+                    error=torch.linalg.matrix_norm(X - problem.X_star) / torch.linalg.matrix_norm(problem.X_star),
+                    rank=(s > cut).sum(-1), nuclear=s.sum(-1))
+
+
+def min_nuclear_norm_psd(problem: SensingProblem, *, solver: str = "CLARABEL") -> torch.Tensor:
+    """The minimum-nuclear-norm PSD interpolant ``argmin tr(X)`` s.t. ``X >= 0``, ``A(X) = y``: the
+    solution Gunasekar et al. 2017 conjecture small-initialization GD on ``U U^T`` converges to (for PSD
+    matrices the nuclear norm is the trace). Solved by cvxpy (interior point, Clarabel by default) on the
+    host in float64; returned on the device and in the dtype of the measurements."""
+    import cvxpy as cp
+
+    A = problem.A.detach().cpu().double().numpy()
+    y = problem.y.detach().cpu().double().numpy()
+    d = problem.d
+    X = cp.Variable((d, d), PSD=True)
+    constraints = [A.reshape(len(y), -1) @ cp.vec(X, order="C") == y]
+    value = cp.Problem(cp.Minimize(cp.trace(X)), constraints).solve(solver=solver)
+    if X.value is None or not np.isfinite(value):
+        raise RuntimeError(f"the nuclear-norm program failed ({solver}): value {value}")
+    Xv = (X.value + X.value.T) / 2
+    return torch.as_tensor(Xv).to(device=problem.A.device, dtype=problem.A.dtype)
+
+
+def best_rank_s_fit(problem: SensingProblem, s: int, *, steps: int = 2000, eta: float = 0.1) -> torch.Tensor:
+    """The rank-``s`` matrix that best fits the measurements near ``X*_s`` (the best rank-s approximation
+    of ``X*``): GD on ``f(W) = (1/4m) sum_i (<A_i, W W^T> - y_i)^2`` with W (d x s), started at ``X*_s``'s
+    factor. With finite m this differs from ``X*_s``; it is the "best rank-s solution" that small-init GD
+    passes near (Jin et al. 2023, incremental learning)."""
+    s = check_int("s", s, min=1, max=len(problem.sigma))
+    steps, eta = check_int("steps", steps, min=1), check_float("eta", eta, min=0.0, open_min=True)
+    W = problem.V[:, :s] * problem.sigma[:s].sqrt()
+    with single_threaded(problem.A.device):
+        for _ in range(steps):
+            S = adjoint(problem.A, measure(problem.A, W @ W.T) - problem.y) / problem.m
+            W = W - eta * (S + S.T) / 2 @ W
+    return W @ W.T
 
 
 def stage_time_formula(alpha: float, sigma: float, eta: float) -> float:
@@ -207,6 +291,17 @@ def loglog_slope(steps: torch.Tensor, values: torch.Tensor, start: int, stop: in
     y = values[..., keep.to(values.device)].log().cpu().to(torch.float64)
     x = x - x.mean()
     return ((y - y.mean(-1, keepdim=True)) * x).sum(-1) / (x * x).sum()
+
+
+def late_loglog_slope(steps: torch.Tensor, values: torch.Tensor, *, floor: float = 1e-10,
+                      start: float = 0.1) -> torch.Tensor:
+    """Log-log slope per row of ``values`` (B, T) over ``[start t_end, t_end]``, ``t_end`` the last logged step
+    above ``floor``: about -1 for an error decaying like 1/t (Xiong et al. 2023, symmetric k > r), and steep
+    (about ``-rate t_end``) for linear convergence, whose window ends where round-off begins."""
+    start = check_float("start", start, min=0.0, max=1.0, open_min=True)
+    rows = values.detach().cpu()
+    return torch.stack([loglog_slope(steps, row[None], max(1, int(start * t)), t)[0]
+                        for row in rows for t in [_last_step_above(steps, row, floor)]])
 
 
 def linear_rate(steps: torch.Tensor, values: torch.Tensor, start: int, stop: int | None = None, *,

@@ -12,8 +12,13 @@ import torch
 
 from gdlab import hessian
 from gdlab.implicit._threads import single_threaded
-from gdlab.runtime import check_int, check_sequence
+from gdlab.runtime import check_choice, check_float, check_int, check_sequence
 from gdlab.train import fit
+
+__all__ = [
+    "gradient_fraction", "subspace_overlap", "SubspaceRun", "track_gradient_subspace",
+    "ProjectedRun", "projected_sgd",
+]
 
 
 def gradient_fraction(gradient: torch.Tensor, eigenvectors: torch.Tensor) -> float:
@@ -85,3 +90,91 @@ def _track(run, model, loss_fn, k, checkpoints, lr, minibatch_loss, probe, gener
         with torch.no_grad():
             run.loss.append(float(loss_fn(model(probe[0]), probe[1])))
         previous = vectors
+
+
+def _copy_generator(generator: torch.Generator) -> torch.Generator:
+    g = torch.Generator(device=generator.device)
+    g.set_state(generator.get_state())
+    return g
+
+
+@dataclass
+class ProjectedRun:
+    """One SGD variant (``mode``) from a common start: full-data ``loss`` at ``steps``; at every subspace
+    refresh, the full-batch gradient ``fraction`` in the current top-k eigenspace and, for the SGD run,
+    ``fraction_next`` in the span of eigenvectors k+1..2k; the top-k spaces at the first and last refresh
+    (``first``, ``last``), the next-k spaces (``first_next``, ``last_next``; SGD run only) and the
+    unit full-batch gradients there (``first_grad``, ``last_grad``)."""
+
+    mode: str
+    steps: list = field(default_factory=list)
+    loss: list = field(default_factory=list)
+    fraction: list = field(default_factory=list)
+    fraction_next: list = field(default_factory=list)
+    first: torch.Tensor | None = None
+    last: torch.Tensor | None = None
+    first_next: torch.Tensor | None = None
+    last_next: torch.Tensor | None = None
+    first_grad: torch.Tensor | None = None
+    last_grad: torch.Tensor | None = None
+
+
+def projected_sgd(model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, *, modes=("sgd", "dom", "bulk"),
+                  k: int, steps: int, lr: float, batch_size: int, refresh: int, generator: torch.Generator,
+                  tol: float = 1e-3) -> dict[str, ProjectedRun]:
+    """Dom-SGD and Bulk-SGD (Song, Ahn & Yun 2025, Sec. 3): from the current ``model``, run ``steps`` minibatch
+    steps of each variant on copies of the model, with the same minibatches:
+
+    - ``"sgd"``: plain SGD, ``theta -= lr g_B``;
+    - ``"dom"``: the update projected onto the top-k Hessian eigenspace, ``theta -= lr P_k g_B``;
+    - ``"bulk"``: the update with that eigenspace projected out, ``theta -= lr (I - P_k) g_B``.
+
+    The Hessian is the full-data one (``x``, ``y``), its top-k (and for SGD top-2k) eigenvectors recomputed every
+    ``refresh`` steps by Lanczos. The model itself is left unchanged. Returns ``{mode: ProjectedRun}``."""
+    import copy
+
+    k, steps = check_int("k", k, min=1), check_int("steps", steps, min=1)
+    refresh, batch_size = check_int("refresh", refresh, min=1), check_int("batch_size", batch_size, min=1, max=len(x))
+    lr = check_float("lr", lr, min=0.0, open_min=True)
+    data = (x, y)
+    out = {}
+    with single_threaded(x.device):
+        for mode in check_sequence("modes", modes, lambda n, v: check_choice(n, v, ("sgd", "dom", "bulk"))):
+            net, g_batch = copy.deepcopy(model), _copy_generator(generator)
+            g_lanczos = _copy_generator(generator)
+            params = [p for p in net.parameters() if p.requires_grad]
+            run = ProjectedRun(mode)
+            for t in range(steps + 1):
+                if t % refresh == 0 or t == steps:
+                    width = 2 * k if mode == "sgd" else k
+                    _, V = hessian.top_eigenpairs(net, loss_fn, data, width, tol=tol, generator=g_lanczos)
+                    grad = hessian.flat_grad(net, loss_fn, data)
+                    run.steps.append(t)
+                    run.fraction.append(gradient_fraction(grad, V[:k]))
+                    with torch.no_grad():
+                        run.loss.append(float(loss_fn(net(x), y)))
+                    if mode == "sgd":
+                        run.fraction_next.append(gradient_fraction(grad, V[k:]))
+                        run.first_next = V[k:] if run.first_next is None else run.first_next
+                        run.last_next = V[k:]
+                    run.first = V[:k] if run.first is None else run.first
+                    run.last = V[:k]
+                    unit = (grad / grad.norm()).unsqueeze(0)
+                    run.first_grad = unit if run.first_grad is None else run.first_grad
+                    run.last_grad = unit
+                    V = V[:k]
+                if t == steps:
+                    break
+                idx = torch.randint(0, len(x), (batch_size,), generator=g_batch, device=g_batch.device).to(x.device)
+                g = torch.cat([gi.reshape(-1) for gi in torch.autograd.grad(loss_fn(net(x[idx]), y[idx]), params)])
+                if mode == "dom":
+                    g = V.T @ (V @ g)
+                elif mode == "bulk":
+                    g = g - V.T @ (V @ g)
+                with torch.no_grad():
+                    offset = 0
+                    for p in params:
+                        p -= lr * g[offset:offset + p.numel()].view_as(p)
+                        offset += p.numel()
+            out[mode] = run
+    return out

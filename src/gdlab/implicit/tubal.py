@@ -20,6 +20,11 @@ import torch
 from gdlab.implicit._threads import single_threaded
 from gdlab.runtime import check_float, check_int, check_sequence, progress
 
+__all__ = [
+    "t_product", "t_transpose", "fourier_singular_values", "tubal_rank", "TubalProblem",
+    "tubal_problem", "TubalRun", "residual", "tubal_gd",
+]
+
 
 def t_product(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     """``A * B`` for A (..., n1, n2, k) and B (..., n2, n3, k), by FFT along the last (third) mode."""
@@ -42,11 +47,13 @@ def fourier_singular_values(X: torch.Tensor) -> torch.Tensor:
     return torch.linalg.svdvals(Xf)
 
 
-def tubal_rank(X: torch.Tensor, rtol: float = 1e-3) -> torch.Tensor:
-    """Largest number of Fourier-slice singular values above ``rtol`` times the largest one."""
+def tubal_rank(X: torch.Tensor, rtol: float = 1e-3, threshold: float | None = None) -> torch.Tensor:
+    """Largest number of Fourier-slice singular values above ``threshold`` if given, else above ``rtol``
+    times the largest one."""
     s = fourier_singular_values(X)
-    top = s.amax(dim=(-2, -1), keepdim=True)
-    return (s > rtol * top).sum(-1).amax(-1)
+    cut = rtol * s.amax(dim=(-2, -1), keepdim=True) if threshold is None else check_float(
+        "threshold", threshold, min=0.0, open_min=True)
+    return (s > cut).sum(-1).amax(-1)
 
 
 @dataclass
@@ -87,6 +94,14 @@ class TubalRun:
     U: torch.Tensor
     X: torch.Tensor
 
+
+def residual(problem: TubalProblem, X: torch.Tensor) -> torch.Tensor:
+    """Relative measurement residual ``||<A_i, X> - y|| / ||y||`` for X (trials, ..., n, n, k): (trials, ...)."""
+    extra = X.dim() - 4
+    Xf = X.flatten(-3).flatten(1, extra) if extra > 0 else X.flatten(-3).unsqueeze(1)
+    r = torch.einsum("tmp,tbp->tbm", problem.A.flatten(-3), Xf) - problem.y.unsqueeze(1)
+    out = r.norm(dim=-1) / problem.y.norm(dim=-1, keepdim=True)
+    return out.view(X.shape[:-3])
 
 def _parseval_weights(k: int, dtype, device) -> torch.Tensor:
     """Weights w_f with ``<a, b> = (1/k) sum_f w_f Re(rfft(a)_f conj(rfft(b)_f))`` for real tubes of length k."""

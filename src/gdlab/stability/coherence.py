@@ -14,6 +14,8 @@ import torch
 
 from gdlab.runtime import check_float, check_int
 
+__all__ = ["coherence_matrix", "coherence", "equiangular_hessians"]
+
 
 def coherence_matrix(per_sample_hessians: torch.Tensor) -> torch.Tensor:
     """``S_ij = sqrt(Tr(H_i H_j))`` (Dexter et al. 2024, Def. 1)."""

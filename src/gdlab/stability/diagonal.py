@@ -1,78 +1,61 @@
-"""SGD on diagonal linear networks ``beta = u*u - v*v``: stability selects a small ``Tr H``.
+"""Wu & Su's stability selection on diagonal linear networks (the network is
+:mod:`gdlab.implicit.diagonal`, shared with Chapter 2).
 
-With square loss ``L = (1/2n) sum_i (<x_i, beta> - y_i)^2`` the Hessian at an interpolating
-solution is ``(1/n) sum_i J_i J_i^T`` with ``J_i = 2 (x_i * u, -x_i * v)``, so
-``Tr H = (4/n) sum_i sum_k x_ik^2 (u_k^2 + v_k^2)``, about ``4 ||beta||_1`` for unit-variance
-features when ``u_k v_k ~ 0``. Linear stability of SGD at B = 1 needs ``Tr H <= 2/eta`` (Wu & Su
-2023, Sec. 4), so SGD with a large step ends at a sparser, smaller-l1 solution than GD
-(also Pesme, Pillaud-Vivien & Flammarion 2021).
+Wu & Su 2023 (Sec. 3 and 4): a minimum that is linearly stable for SGD at step ``eta`` and batch
+size 1 has ``Tr H <= 2 / eta``; on a diagonal network ``Tr H`` is about ``4 ||beta||_1``, so SGD's
+stable minima are sparse. The prediction has teeth only inside the *window*
+``eta*_SGD(GD's minimum) < eta < 2 / lambda_max(GD's minimum)``: there GD stays at its minimum
+while SGD, which cannot, must end at a minimum whose own critical step is at least ``eta``.
+Below the window both are stable there, and SGD's remaining preference for sparse solutions is
+the bias of its gradient noise (Pesme, Pillaud-Vivien & Flammarion 2021).
 
-Runs are batched: ``runs`` independent trajectories (e.g. GD and SGD, or several seeds) advance
-together as one tensor program.
+:func:`selection` trains GD and several SGD runs at one step size and measures the critical
+step ``eta*`` (the exact mean-square threshold, :func:`gdlab.stability.sgd_operator.critical_step`)
+at every endpoint.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
 
 import torch
 
+from gdlab.implicit import diagonal as net
 from gdlab.runtime import check_float, check_int
+from gdlab.stability import sgd_operator
+
+__all__ = ["critical_steps", "selection"]
 
 
-@dataclass
-class SparseRegression:
-    """``y = X beta*`` with a ``k``-sparse ``beta*`` and Gaussian features (train and test)."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    beta_star: torch.Tensor
-
-
-def sparse_regression(n: int, d: int, k: int, generator: torch.Generator, *, n_test: int = 1000,
-                      dtype=torch.float64) -> SparseRegression:
-    """Noiseless sparse regression with ``beta*_j = 1`` on ``k`` random coordinates."""
-    n, d = check_int("n", n, min=1), check_int("d", d, min=1)
-    k = check_int("k", k, min=1, max=d)
-    beta = torch.zeros(d, dtype=dtype)
-    beta[torch.randperm(d, generator=generator)[:k]] = 1.0
-    x = torch.randn(n, d, generator=generator, dtype=dtype)
-    xt = torch.randn(n_test, d, generator=generator, dtype=dtype)
-    return SparseRegression(x, x @ beta, xt, xt @ beta, beta)
+def critical_steps(run: net.DiagonalRun, x: torch.Tensor, y: torch.Tensor, *, B: int = 1,
+                   max_loss: float = 1e-4) -> list[float]:
+    """SGD's exact critical step at batch size ``B`` at each run's endpoint (NaN where the run did
+    not reach a training loss below ``max_loss``, so that the endpoint is not a minimum)."""
+    losses = net.train_loss(run.u, run.v, x, y)
+    out = []
+    for r in range(run.u.shape[0]):
+        ok = bool(torch.isfinite(run.u[r]).all()) and float(losses[r]) < max_loss
+        out.append(sgd_operator.critical_step(net.per_sample_hessians(run.u[r], run.v[r], x), B) if ok
+                   else math.nan)
+    return out
 
 
-def trace_hessian(u: torch.Tensor, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Gauss-Newton trace ``(4/n) sum_i sum_k x_ik^2 (u_k^2 + v_k^2)`` (exact at interpolation); batched over rows of u, v."""
-    return 4 * ((u ** 2 + v ** 2) * (x ** 2).mean(dim=0)).sum(dim=-1)
+def selection(task: net.SparseRegression, *, alpha: float, eta: float, steps: int, sgd_runs: int,
+              generator: torch.Generator) -> dict:
+    """GD and ``sgd_runs`` SGD runs (B = 1) from ``u = v = alpha`` at step ``eta``.
 
-
-def train(task: SparseRegression, *, eta: float, batch_sizes, alpha: float, steps: int,
-          generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Train one network per entry of ``batch_sizes`` (B = n is GD) from ``u = v = alpha``.
-
-    Returns the final ``beta`` (R, d), ``l1``, ``trace`` (Tr H), ``train_loss`` and ``test_error``
-    (mean squared error on the test set). Diverged runs give non-finite values.
-    """
+    Returns ``eta``, ``gd_critical`` (eta* at GD's minimum), ``gd_sharpness_limit``
+    (2 / lambda_max there), ``sgd_critical`` (list), ``gain`` (SGD's eta* over GD's, per run) and,
+    for GD then each SGD run, ``trace``, ``l1`` and ``test_error`` as lists."""
     eta = check_float("eta", eta, min=0.0, open_min=True)
-    alpha = check_float("alpha", alpha, min=0.0, open_min=True)
-    steps = check_int("steps", steps, min=1)
-    x, y = task.x, task.y
-    n, d = x.shape
-    Bs = torch.as_tensor([check_int("batch_sizes[i]", int(b), min=1, max=n) for b in batch_sizes])
-    R = Bs.numel()
-    u = torch.full((R, d), alpha, dtype=x.dtype)
-    v = torch.full((R, d), alpha, dtype=x.dtype)
-    rank = torch.arange(n)[None, :]
-    for _ in range(steps):
-        # each run's batch: the first B of a fresh random permutation (without replacement)
-        order = torch.rand(R, n, generator=generator).argsort(dim=1)
-        weight = torch.zeros(R, n, dtype=x.dtype).scatter_(1, order, (rank < Bs[:, None]).to(x.dtype))
-        weight = weight / Bs[:, None].to(x.dtype)                       # (R, n): 1/B on the batch
-        resid = (u * u - v * v) @ x.T - y                                # (R, n)
-        g = (weight * resid) @ x                                         # dL_S/dbeta
-        u, v = u - eta * 2 * g * u, v + eta * 2 * g * v
-    beta = u * u - v * v
-    return {"beta": beta, "l1": beta.abs().sum(dim=1), "trace": trace_hessian(u, v, x),
-            "train_loss": 0.5 * ((beta @ x.T - y) ** 2).mean(dim=1),
-            "test_error": ((beta @ task.x_test.T - task.y_test) ** 2).mean(dim=1)}
+    sgd_runs = check_int("sgd_runs", sgd_runs, min=1)
+    n = task.x.shape[0]
+    run = net.train(task.x, task.y, alpha=alpha, eta=eta, steps=steps, batch_sizes=[n] + [1] * sgd_runs,
+                    generator=generator)
+    crit = critical_steps(run, task.x, task.y)
+    H_gd = net.per_sample_hessians(run.u[0], run.v[0], task.x)
+    s = run.summary(task)
+    as_list = lambda t: [float(v) for v in t.detach().cpu()]  # noqa: E731
+    return {"eta": eta, "gd_critical": crit[0],
+            "gd_sharpness_limit": sgd_operator.stability_bounds(H_gd, n)["sharpness"],
+            "sgd_critical": crit[1:], "gain": [c / crit[0] for c in crit[1:]],
+            "trace": as_list(s["trace"]), "l1": as_list(s["l1"]), "test_error": as_list(s["test_error"])}

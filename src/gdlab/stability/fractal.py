@@ -1,15 +1,30 @@
 """The boundary of trainability is fractal (Sohl-Dickstein 2024).
 
-A two-layer tanh network ``f(x) = (1/h) v^T tanh(W x / sqrt(d))`` (width h = 16, mean-field
-output scaling, no biases) is trained by full-batch GD on a square loss with as many examples as
-parameters, with one learning rate for the input layer (``eta_in``) and one for the output layer
-(``eta_out``). Every pixel of a (eta_in, eta_out) grid is one training run from the *same*
-initialization and data; a run converges when the mean of ``loss_t / loss_0`` over the last 20
-steps is below 1 (Sohl-Dickstein 2024, Sec. 2). The boundary between converging and diverging
-pixels has a box-counting dimension between 1 and 2 (Sec. 3, Fig. 3: 1.17 to 1.98).
+Sohl-Dickstein's setup (his notebook ``the_boundary_of_neural_network_trainability_is_fractal``,
+"tanh full batch"): a two-layer tanh network in mean-field parametrization without biases,
 
-The grid trains as one batched computation: the weights of all pixels are one tensor
-(P, h, d). On CUDA the step is compiled into fused kernels with ``torch.compile``.
+    f(x) = (1/h) v^T tanh(sqrt(2) W x / sqrt(d)),      width h = 16, input dimension d = 16,
+
+trained by full-batch GD on ``mean((f(x_i) - y_i)^2)`` with as many examples as parameters
+(n = h d + h = 272); weights, inputs and targets are standard normal. The input layer has its own
+step size ``eta_in`` and the output layer ``eta_out``. Every pixel of a log-spaced
+(eta_in, eta_out) grid is one training run from the *same* initialization and data, for 500 or
+1000 steps; a run converges when the mean of ``loss_t / loss_0`` over its last 20 steps is below 1.
+
+His fractal dimension: boundary pixels are the 2x2 neighbourhoods holding both outcomes; porespy's
+``boxcount`` counts tiles of sizes log-spaced from 10 pixels to the image side that hold some, but
+not only, boundary pixels, and its local slopes ``-d log N / d log s`` are pooled over every image
+of a zoom sequence; the dimension is their median. He reports 1.17 to 1.98 across six conditions
+(Sohl-Dickstein 2024, Fig. 2 and Sec. 3).
+
+The grid trains as one batched computation: the weights of all pixels are one tensor (P, h, d),
+so both products with the shared data are single large GEMMs. Runs whose loss is no longer
+finite are dropped from the batch (a NaN or infinite loss stays so: those pixels diverged).
+
+The control is :func:`make_quadratic_problem`: a linear least-squares model whose two halves of the
+parameters get the two step sizes. GD on a quadratic is a linear map, so the boundary is the
+smooth curve where the spectral radius of ``I - 2 D H`` crosses 1 (dimension 1; see also Liu 2024,
+who finds fractal boundaries only once non-convexity is added to a quadratic).
 """
 from __future__ import annotations
 
@@ -21,161 +36,271 @@ import torch
 
 from gdlab.runtime import check_float, check_int
 
-PAPER_DIMENSION_RANGE = (1.17, 1.98)   # Sohl-Dickstein 2024, Sec. 3 / Fig. 3
+__all__ = [
+    "PAPER_DIMENSION_RANGE", "PAPER_WIDTH", "PAPER_INPUT_DIM", "PAPER_STEPS", "FractalProblem",
+    "make_problem", "make_quadratic_problem", "train_pixels", "grid_axes", "train_grid", "edges",
+    "box_sizes", "box_counts", "box_counting_slopes", "fractal_dimension",
+    "densest_boundary_window", "zoom_sequence"
+]
+
+PAPER_DIMENSION_RANGE = (1.17, 1.98)   # Sohl-Dickstein 2024: the six conditions' estimates
+PAPER_WIDTH, PAPER_INPUT_DIM, PAPER_STEPS = 16, 16, (500, 1000)
 
 
 @dataclass(frozen=True)
 class FractalProblem:
-    """Data and shared initialization of the grid: ``x`` (n, d), ``y`` (n,), ``W0`` (h, d), ``v0`` (h,)."""
+    """Data and shared initialization of the grid.
+
+    ``kind="network"``: ``x`` (n, d), ``y`` (n,), ``W0`` (h, d) input weights, ``v0`` (h,) output
+    weights, ``gain`` inside the tanh. ``kind="quadratic"``: the linear model ``W0 . x[:, :m] +
+    v0 . x[:, m:]`` (``W0`` (1, m), ``v0`` (m,)), the smooth-boundary control."""
 
     x: torch.Tensor
     y: torch.Tensor
     W0: torch.Tensor
     v0: torch.Tensor
+    gain: float = math.sqrt(2.0)
+    kind: str = "network"
 
     @property
     def num_params(self) -> int:
         return self.W0.numel() + self.v0.numel()
 
 
-def make_problem(generator: torch.Generator, *, width: int = 16, input_dim: int = 8,
-                 dtype=torch.float64, device="cpu") -> FractalProblem:
-    """Gaussian inputs and targets with n = number of parameters; standard-normal init."""
+def _draw(generator: torch.Generator, dtype):
+    return lambda *shape: torch.randn(*shape, generator=generator, device=generator.device, dtype=dtype)
+
+
+def make_problem(generator: torch.Generator, *, width: int = PAPER_WIDTH, input_dim: int = PAPER_INPUT_DIM,
+                 n: int | None = None, gain: float = math.sqrt(2.0), dtype=torch.float64,
+                 device=None) -> FractalProblem:
+    """Sohl-Dickstein's problem: standard-normal weights, inputs and targets, ``n`` examples
+    (default: the number of parameters, ``width * input_dim + width``). Drawn on the generator's
+    device (order: W, v, x, y), then moved to ``device`` (default: the generator's)."""
     width = check_int("width", width, min=1)
     input_dim = check_int("input_dim", input_dim, min=1)
-    n = width * input_dim + width
-    draw = lambda *shape: torch.randn(*shape, generator=generator, dtype=dtype).to(device)  # noqa: E731
-    return FractalProblem(draw(n, input_dim), draw(n), draw(width, input_dim), draw(width))
+    n = width * input_dim + width if n is None else check_int("n", n, min=1)
+    gain = check_float("gain", gain, min=0.0, open_min=True)
+    draw = _draw(generator, dtype)
+    W, v, x, y = draw(width, input_dim), draw(width), draw(n, input_dim), draw(n)
+    device = generator.device if device is None else torch.device(device)
+    return FractalProblem(x.to(device), y.to(device), W.to(device), v.to(device), gain, "network")
 
 
-def _losses_and_grads(W, v, x, y):
-    """Per-pixel mean-squared loss and its gradients (hand-written backward; all pixels at once).
+def make_quadratic_problem(generator: torch.Generator, *, half: int = 8, n: int | None = None,
+                           dtype=torch.float64, device=None) -> FractalProblem:
+    """The control: least squares ``mean((a . x_a + b . x_b - y)^2)`` with ``a, b`` of size ``half``
+    trained with step sizes (eta_in for ``a``, eta_out for ``b``); standard-normal data, zero start,
+    ``n`` examples (default ``2 * half``, as many as parameters). Its loss is quadratic, so GD is a
+    linear map and the trainability boundary is a smooth curve."""
+    half = check_int("half", half, min=1)
+    n = 2 * half if n is None else check_int("n", n, min=1)
+    draw = _draw(generator, dtype)
+    x, y = draw(n, 2 * half), draw(n)
+    device = generator.device if device is None else torch.device(device)
+    zeros = torch.zeros(half, dtype=dtype, device=device)
+    return FractalProblem(x.to(device), y.to(device), zeros[None].clone(), zeros.clone(), 1.0, "quadratic")
 
-    Layout (P, h, n) so that both products with the shared data are single large GEMMs."""
-    h, d = W.shape[-2], W.shape[-1]
-    n = x.shape[0]
-    A = torch.tanh(torch.matmul(W, x.T) * (1.0 / math.sqrt(d)))          # (P, h, n)
-    r = torch.matmul(v[:, None, :], A)[:, 0, :] * (1.0 / h) - y          # residuals (P, n)
-    loss = 0.5 * (r * r).mean(dim=1)
-    dout = r * (1.0 / n)                                                 # dL/df
-    gv = torch.matmul(A, dout[:, :, None])[:, :, 0] * (1.0 / h)          # (P, h)
-    dZ = (v[:, :, None] * dout[:, None, :]) * (1 - A * A) * (1.0 / h)    # (P, h, n)
-    gW = torch.matmul(dZ, x) * (1.0 / math.sqrt(d))                      # (P, h, d)
-    return loss, gW, gv
 
+def _network_step(W, v, xs, y, eta_in, eta_out, h):
+    """One GD step for P networks at once; ``xs = gain * x / sqrt(d)``. Returns (W, v, loss).
 
-def _gd_step(W, v, x, y, eta_in, eta_out):
-    loss, gW, gv = _losses_and_grads(W, v, x, y)
+    Layout (P, h, n), so that ``W xs^T`` and ``dZ xs`` are single GEMMs over all pixels."""
+    P, n = W.shape[0], xs.shape[0]
+    A = torch.tanh(torch.matmul(W, xs.T))                                  # (P, h, n)
+    r = torch.matmul(v[:, None, :], A)[:, 0, :].mul_(1.0 / h).sub_(y)      # residuals (P, n)
+    loss = (r * r).mean(dim=1)
+    dout = r.mul_(2.0 / n)                                                 # dL/df
+    gv = torch.matmul(A, dout[:, :, None])[:, :, 0].mul_(1.0 / h)          # (P, h)
+    dZ = A.mul_(A).neg_().add_(1.0).mul_(v[:, :, None] * (1.0 / h)).mul_(dout[:, None, :])
+    gW = torch.matmul(dZ, xs)                                              # (P, h, d)
     return W - eta_in[:, None, None] * gW, v - eta_out[:, None] * gv, loss
+
+
+def _quadratic_step(a, b, x, y, eta_a, eta_b, m):
+    r = torch.matmul(a, x[:, :m].T)[:, 0, :] + b @ x[:, m:].T - y          # (P, n)
+    loss = (r * r).mean(dim=1)
+    g = r @ x * (2.0 / x.shape[0])                                         # (P, 2m)
+    return a - eta_a[:, None, None] * g[:, None, :m], b - eta_b[:, None] * g[:, m:], loss
 
 
 _COMPILED = {}
 
 
-def _step_fn(fused: bool):
+def _step_fn(kind: str, fused: bool):
+    step = _network_step if kind == "network" else _quadratic_step
     if not fused:
-        return _gd_step
-    if "step" not in _COMPILED:
-        _COMPILED["step"] = torch.compile(_gd_step, fullgraph=True, dynamic=False)
-    return _COMPILED["step"]
+        return step
+    if kind not in _COMPILED:
+        _COMPILED[kind] = torch.compile(step, fullgraph=True, dynamic=True)
+    return _COMPILED[kind]
 
 
 def train_pixels(problem: FractalProblem, eta_in: torch.Tensor, eta_out: torch.Tensor, *, steps: int,
-                 fused: bool | None = None, tail: int = 20) -> torch.Tensor:
-    """Train one network per (eta_in[p], eta_out[p]); returns ``mean(loss_t / loss_0)`` over the
-    last ``tail`` steps (inf/NaN for runs that overflowed), shape (P,)."""
+                 fused: bool | None = None, tail: int = 20, drop_every: int = 25) -> torch.Tensor:
+    """Train one network per ``(eta_in[p], eta_out[p])`` and return ``mean(loss_t / loss_0)`` over
+    the last ``tail`` steps (``inf`` for runs whose loss stopped being finite), shape (P,).
+
+    ``loss_t`` is the loss before step t + 1, as in Sohl-Dickstein's ``train_step``. Every
+    ``drop_every`` steps the runs with a non-finite loss leave the batch (they stay non-finite)."""
     steps = check_int("steps", steps, min=1)
     tail = min(check_int("tail", tail, min=1), steps)
+    drop_every = check_int("drop_every", drop_every, min=1)
     dev, dt = problem.W0.device, problem.W0.dtype
     eta_in, eta_out = eta_in.to(dev, dt).reshape(-1), eta_out.to(dev, dt).reshape(-1)
     fused = (dev.type == "cuda") if fused is None else fused
-    step = _step_fn(fused)
+    step = _step_fn(problem.kind, fused)
     P = eta_in.numel()
     W = problem.W0.expand(P, -1, -1).contiguous()
     v = problem.v0.expand(P, -1).contiguous()
-    x, y = problem.x, problem.y
-    loss0 = None
+    if problem.kind == "network":
+        x = problem.x * (problem.gain / math.sqrt(problem.x.shape[1]))
+        size = problem.W0.shape[0]
+    else:
+        x, size = problem.x, problem.W0.shape[1]
+    y = problem.y
+    result = torch.full((P,), math.inf, dtype=dt, device=dev)
+    alive = torch.arange(P, device=dev)
     acc = torch.zeros(P, dtype=dt, device=dev)
+    loss0 = None
     for t in range(steps):
-        W, v, loss = step(W, v, x, y, eta_in, eta_out)
+        W, v, loss = step(W, v, x, y, eta_in, eta_out, size)
         if loss0 is None:
             loss0 = loss
         if t >= steps - tail:
             acc = acc + loss / loss0
-    return acc / tail
+        if (t + 1) % drop_every == 0 and t + 1 < steps:
+            keep = torch.isfinite(loss)
+            if not bool(keep.all()):
+                W, v, eta_in, eta_out = W[keep], v[keep], eta_in[keep], eta_out[keep]
+                loss0, acc, alive = loss0[keep], acc[keep], alive[keep]
+                if alive.numel() == 0:
+                    return result
+    result[alive] = torch.where(torch.isfinite(acc), acc / tail, math.inf)
+    return result
 
 
-def train_grid(problem: FractalProblem, eta_in_range, eta_out_range, resolution: int, *, steps: int,
-               chunk: int | None = None, fused: bool | None = None, progress_bar=None) -> torch.Tensor:
-    """Converged (True) / diverged (False) image over a log-spaced grid, shape (res, res):
-    rows run over ``eta_out`` (bottom to top, increasing), columns over ``eta_in``.
-
-    ``chunk`` networks train at once (default 262144 on CUDA; 256 on CPU, where a chunk's
-    (chunk, h, n) intermediates then stay in cache: 4096 at once spent more time in page faults
-    than in arithmetic)."""
+def grid_axes(window, resolution: int, *, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-spaced ``(eta_in, eta_out)`` axes of ``window = ((in_lo, in_hi), (out_lo, out_hi))``."""
     resolution = check_int("resolution", resolution, min=2)
+    (lo_in, hi_in), (lo_out, hi_out) = window
+    for name, val in (("eta_in_lo", lo_in), ("eta_in_hi", hi_in), ("eta_out_lo", lo_out), ("eta_out_hi", hi_out)):
+        check_float(f"window[{name}]", float(val), min=0.0, open_min=True)
+    a = torch.logspace(math.log10(lo_in), math.log10(hi_in), resolution, dtype=dtype)
+    b = torch.logspace(math.log10(lo_out), math.log10(hi_out), resolution, dtype=dtype)
+    return a, b
+
+
+def train_grid(problem: FractalProblem, window, resolution: int, *, steps: int, chunk: int | None = None,
+               fused: bool | None = None) -> torch.Tensor:
+    """Converged (True) / diverged (False) image over the log-spaced ``window`` (see
+    :func:`grid_axes`), shape (res, res), on the CPU: rows run over ``eta_out`` (bottom to top,
+    increasing), columns over ``eta_in``. ``chunk`` networks train at once (default 262144 on
+    CUDA, 64 on the CPU, where a chunk's (chunk, h, n) intermediates then stay in cache)."""
     if chunk is None:
-        chunk = 262144 if problem.W0.device.type == "cuda" else 256
+        chunk = 262144 if problem.W0.device.type == "cuda" else 64
     chunk = check_int("chunk", chunk, min=1)
-    lo_in, hi_in = (check_float("eta_in_range[i]", float(v), min=0.0, open_min=True) for v in eta_in_range)
-    lo_out, hi_out = (check_float("eta_out_range[i]", float(v), min=0.0, open_min=True) for v in eta_out_range)
-    dt = problem.W0.dtype
-    a = torch.logspace(math.log10(lo_in), math.log10(hi_in), resolution, dtype=dt)
-    b = torch.logspace(math.log10(lo_out), math.log10(hi_out), resolution, dtype=dt)
+    a, b = grid_axes(window, resolution, dtype=problem.W0.dtype)
     E_out, E_in = torch.meshgrid(b, a, indexing="ij")
     E_in, E_out = E_in.reshape(-1), E_out.reshape(-1)
     out = []
-    starts = range(0, E_in.numel(), chunk)
-    for s in (starts if progress_bar is None else progress_bar(starts)):
+    for s in range(0, E_in.numel(), chunk):
         ratio = train_pixels(problem, E_in[s:s + chunk], E_out[s:s + chunk], steps=steps, fused=fused)
-        out.append((ratio < 1).cpu())       # NaN / inf compare False: diverged
+        out.append((ratio < 1).cpu())
     return torch.cat(out).reshape(resolution, resolution)
 
 
-def boundary(image: torch.Tensor) -> np.ndarray:
-    """Pixels whose converged/diverged label differs from the right or upper neighbour's
-    (one side only, so that a straight boundary is one pixel thick)."""
-    m = np.asarray(image, dtype=bool)
-    edge = np.zeros_like(m)
-    edge[:, :-1] |= m[:, 1:] != m[:, :-1]
-    edge[:-1, :] |= m[1:, :] != m[:-1, :]
-    return edge
+# ---------------------------------------------------------------- box counting
+def edges(image) -> np.ndarray:
+    """Boundary pixels: 2x2 neighbourhoods holding both outcomes, shape (rows - 1, cols - 1)
+    (Sohl-Dickstein's ``extract_edges``)."""
+    m = np.asarray(image.cpu() if isinstance(image, torch.Tensor) else image, dtype=bool)
+    if m.ndim != 2 or min(m.shape) < 2:
+        raise ValueError(f"parameter 'image': got shape {m.shape}; expected a 2-D image of side >= 2")
+    quad = np.stack([m[1:, 1:], m[:-1, 1:], m[1:, :-1], m[:-1, :-1]])
+    return quad.any(axis=0) & ~quad.all(axis=0)
 
 
-def box_counting_dimension(image: torch.Tensor, *, min_box: int = 1, max_fraction: float = 0.125) -> float:
-    """Box-counting dimension of the converged/diverged boundary: the slope of log N(s) against
-    log(1/s), N(s) = number of s x s boxes holding a boundary pixel, over box sizes
-    ``min_box .. max_fraction * resolution`` (powers of two). Sohl-Dickstein 2024, Sec. 3."""
-    edge = boundary(image)
-    res = min(edge.shape)
-    sizes, counts = [], []
-    s = check_int("min_box", min_box, min=1)
-    while s <= max(min_box, int(max_fraction * res)):
-        r = (edge.shape[0] // s) * s, (edge.shape[1] // s) * s
-        boxes = edge[:r[0], :r[1]].reshape(r[0] // s, s, r[1] // s, s).any(axis=(1, 3))
-        sizes.append(s)
-        counts.append(max(int(boxes.sum()), 1))
-        s *= 2
-    if len(sizes) < 2:
-        raise ValueError(f"parameter 'image': resolution {res} too small for box counting")
-    slope = np.polyfit(np.log(1.0 / np.array(sizes)), np.log(np.array(counts)), 1)[0]
-    return float(slope)
+def box_sizes(side: int, *, min_box: int = 10, bins: int = 10) -> np.ndarray:
+    """porespy's ``boxcount`` sizes: ``bins`` log-spaced integers from ``min_box`` to ``side``, deduplicated."""
+    side, min_box = check_int("side", side, min=2), check_int("min_box", min_box, min=1)
+    if min_box >= side:
+        raise ValueError(f"parameter 'min_box': got {min_box}; expected < the image side {side}")
+    return np.unique(np.logspace(np.log10(min_box), np.log10(side), check_int("bins", bins, min=2)).astype(int))
 
 
-def densest_boundary_window(image: torch.Tensor, eta_in_range, eta_out_range, fraction: float):
-    """The sub-window (a ``fraction`` of each log-range) holding the most boundary pixels:
-    where to zoom next. Returns ``(eta_in_range, eta_out_range)`` of the window."""
+def box_counts(edge: np.ndarray, sizes) -> np.ndarray:
+    """For each size s, the number of s x s tiles (the last ones partial) holding some, but not
+    only, boundary pixels (porespy's ``boxcount``)."""
+    e = np.asarray(edge, dtype=bool)
+    counts = []
+    for s in sizes:
+        s = int(s)
+        rows, cols = -(-e.shape[0] // s) * s, -(-e.shape[1] // s) * s
+        any_ = np.zeros((rows, cols), dtype=bool)
+        all_ = np.ones((rows, cols), dtype=bool)
+        any_[:e.shape[0], :e.shape[1]] = e
+        all_[:e.shape[0], :e.shape[1]] = e
+        tiles = (rows // s, s, cols // s, s)
+        counts.append(int((any_.reshape(tiles).any(axis=(1, 3)) & ~all_.reshape(tiles).all(axis=(1, 3))).sum()))
+    return np.array(counts)
+
+
+def box_counting_slopes(edge: np.ndarray, *, min_box: int = 10, bins: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """``(sizes, slopes)``: the local slopes ``-d log N / d log s`` of the box counts (numpy's
+    ``gradient``, as porespy). Sizes whose count is 0 are left out."""
+    e = np.asarray(edge, dtype=bool)
+    sizes = box_sizes(min(e.shape), min_box=min_box, bins=bins)
+    counts = box_counts(e, sizes)
+    keep = counts > 0
+    sizes, counts = sizes[keep], counts[keep]
+    if sizes.size < 2:
+        return sizes, np.array([])
+    return sizes, -np.gradient(np.log(counts.astype(float)), np.log(sizes.astype(float)))
+
+
+def fractal_dimension(images, *, min_box: int = 10, bins: int = 10) -> float:
+    """Median of the local box-counting slopes of the boundaries of ``images``, pooled
+    (Sohl-Dickstein's ``estimate_fractal_dimension`` over a zoom sequence)."""
+    slopes = [box_counting_slopes(edges(im), min_box=min_box, bins=bins)[1] for im in images]
+    pooled = np.concatenate(slopes) if slopes else np.array([])
+    if pooled.size == 0:
+        raise ValueError("parameter 'images': no boundary to count")
+    return float(np.median(pooled))
+
+
+# ---------------------------------------------------------------- zooming
+def densest_boundary_window(image, window, fraction: float):
+    """The sub-window (a ``fraction`` of each log-range) holding the most boundary pixels: where
+    to zoom next. Returns ``((in_lo, in_hi), (out_lo, out_hi))``."""
     fraction = check_float("fraction", fraction, min=0.0, max=1.0, open_min=True)
-    edge = boundary(image).astype(np.int64)
+    edge = edges(image).astype(np.int64)
     rows, cols = edge.shape
     wr, wc = max(1, int(round(fraction * rows))), max(1, int(round(fraction * cols)))
     c = np.pad(edge.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    counts = c[wr:, wc:] - c[:-wr, wc:] - c[wr:, :-wc] + c[:-wr, :-wc]     # boxes of wr x wc
+    counts = c[wr:, wc:] - c[:-wr, wc:] - c[wr:, :-wc] + c[:-wr, :-wc]     # windows of wr x wc
     r0, c0 = np.unravel_index(int(np.argmax(counts)), counts.shape)
+    res = np.asarray(image.cpu() if isinstance(image, torch.Tensor) else image).shape[0]
 
-    def sub(lo_hi, start, width, total):
+    def sub(lo_hi, start, width):
         lo, hi = math.log10(lo_hi[0]), math.log10(lo_hi[1])
-        step = (hi - lo) / (total - 1)
-        return 10 ** (lo + start * step), 10 ** (lo + (start + width - 1) * step)
+        step = (hi - lo) / (res - 1)          # edge pixel j sits between grid points j and j + 1
+        return 10 ** (lo + start * step), 10 ** (lo + (start + width) * step)
 
-    return sub(eta_in_range, c0, wc, cols), sub(eta_out_range, r0, wr, rows)
+    return sub(window[0], c0, wc), sub(window[1], r0, wr)
+
+
+def zoom_sequence(problem: FractalProblem, window, resolution: int, *, steps: int, zooms: int,
+                  factor: float = 2.0, chunk: int | None = None, fused: bool | None = None):
+    """Images of ``window`` and of ``zooms`` successive zooms, each into the sub-window (1/``factor``
+    of each log-range of the last one) with the most boundary pixels. Returns a list of
+    ``(image, window)``. Sohl-Dickstein's sequences halve the window at each frame as well."""
+    zooms = check_int("zooms", zooms, min=0)
+    factor = check_float("factor", factor, min=1.0, open_min=True)
+    frames = []
+    for k in range(zooms + 1):
+        image = train_grid(problem, window, resolution, steps=steps, chunk=chunk, fused=fused)
+        frames.append((image, window))
+        if k < zooms:
+            window = densest_boundary_window(image, window, 1.0 / factor)
+    return frames

@@ -15,6 +15,11 @@ import torch
 
 from gdlab.runtime import check_float, check_int
 
+__all__ = [
+    "loss", "gradient", "hessian", "sharpness", "gfs_shift", "gfs_point", "gfs_sharpness",
+    "run_gd"
+]
+
 
 def loss(w: torch.Tensor, y: float) -> torch.Tensor:
     """``0.5 (prod_i w_i - y)^2`` per leading index."""

@@ -1,14 +1,16 @@
 """The Hessian spectrum of a trained classifier: a bulk near zero plus outliers.
 
-Sagun, Evci, Guney, Dauphin & Bottou 2017 (Sec. 3) and Ghorbani, Krishnan & Xiao 2019 (Fig. 2)
-find that the Hessian of a trained classifier has a bulk of eigenvalues near zero and a few
-large outliers, about one per class; Papyan 2018 traces the outliers to the class means of the
-gradients. Sagun et al. add that the bulk follows the architecture (more parameters, more bulk
-eigenvalues) while the outliers follow the data (more clusters, more outliers).
+Sagun, Evci, Guney, Dauphin & Bottou 2017 find that the Hessian spectrum of a classifier is a
+bulk near zero plus a few outliers away from it; fixing the data and adding parameters scales the
+bulk, while changing the data (more clusters, less separable) moves the outliers. Papyan
+2019/2020 traces the outliers of the cross-entropy Hessian to the class means of the logit
+gradients, about one outlier per class.
 
-:func:`mixture_classifier_spectrum` trains a tanh MLP on a Gaussian mixture with full-batch GD on
-Cohen et al.'s square loss and returns its top eigenvalues (Lanczos), the number of outliers
-(:func:`outlier_count`) and the SLQ density (:func:`gdlab.hessian.spectral_density`).
+:func:`mixture_classifier_spectrum` trains a tanh MLP by full-batch GD on a Gaussian mixture with
+one cluster per class, and returns its top eigenvalues (Lanczos), the number of outliers
+(:func:`outlier_count`) and the SLQ density (:func:`gdlab.hessian.spectral_density`). The number
+of network outputs can exceed the number of classes (the extra outputs are never a label), which
+separates what the classes do from what the output layer does.
 """
 from __future__ import annotations
 
@@ -17,20 +19,36 @@ from dataclasses import dataclass
 import torch
 
 from gdlab import data, hessian
-from gdlab.runtime import check_float, check_int
+from gdlab.runtime import check_choice, check_float, check_int
 from gdlab.stability import eos
+
+__all__ = [
+    "cross_entropy", "LOSSES", "Spectrum", "outlier_count", "mixture_classifier_spectrum",
+    "eigenvalue_count"
+]
+
+
+def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy, mean over the batch (the loss of Sagun et al. 2017 and Papyan 2020)."""
+    return torch.nn.functional.cross_entropy(outputs, targets)
+
+
+LOSSES = {"cross_entropy": cross_entropy, "mse": eos.cohen_mse}
 
 
 @dataclass(frozen=True)
 class Spectrum:
     """``top``: the largest Hessian eigenvalues, descending; ``n_outliers``: how many of them lie
-    above the largest gap; ``grid``/``density``: the SLQ spectral density (integrates to 1)."""
+    above the largest gap; ``grid``/``density``: the SLQ spectral density (None if not asked);
+    ``num_params``; ``train_accuracy`` and ``train_loss`` where the spectrum was taken."""
 
     top: torch.Tensor
     n_outliers: int
-    grid: torch.Tensor
-    density: torch.Tensor
+    grid: torch.Tensor | None
+    density: torch.Tensor | None
     num_params: int
+    train_accuracy: float
+    train_loss: float
 
 
 def outlier_count(eigenvalues: torch.Tensor) -> int:
@@ -45,27 +63,48 @@ def outlier_count(eigenvalues: torch.Tensor) -> int:
     return int(torch.argmax(vals[:-1] / vals[1:])) + 1
 
 
-def mixture_classifier_spectrum(hidden: int, num_classes: int, generator: torch.Generator, *, n: int = 600,
-                                dim: int = 20, separation: float = 20.0, eta: float = 0.2, steps: int = 300,
-                                k: int = 20, n_vectors: int = 3, n_steps: int = 60, grid: torch.Tensor | None = None,
-                                sigma: float | None = None, dtype=torch.float32, device="cpu") -> Spectrum:
-    """Train ``[dim, hidden, num_classes]`` tanh MLP on an ``num_classes``-cluster Gaussian mixture
-    (``n`` points) by ``steps`` of GD at step ``eta`` and measure its Hessian spectrum
-    (Sagun et al. 2017; Ghorbani et al. 2019). Data, initialization and probes all come from
-    ``generator``. ``grid`` and ``sigma`` go to :func:`gdlab.hessian.spectral_density` (pass the
-    same ones to compare densities across runs)."""
+def mixture_classifier_spectrum(hidden: int, num_classes: int, generator: torch.Generator, *,
+                                outputs: int | None = None, loss: str = "cross_entropy", n_per_class: int = 100,
+                                dim: int = 20, separation: float = 3.0, eta: float = 0.5, steps: int = 100,
+                                k: int | None = None, density: bool = False, n_vectors: int = 3, n_steps: int = 60,
+                                grid: torch.Tensor | None = None, sigma: float | None = None,
+                                dtype=torch.float64, device=None) -> Spectrum:
+    """Train a ``[dim, hidden, outputs]`` tanh MLP on a ``num_classes``-cluster Gaussian mixture
+    (``n_per_class * num_classes`` points, cluster means of norm ``separation``) by ``steps`` of GD
+    at step ``eta`` on ``loss``, and measure its Hessian spectrum (Sagun et al. 2017; Papyan 2020).
+
+    ``outputs`` defaults to ``num_classes``; ``k`` (default ``2 * outputs + 4``) top eigenvalues
+    are computed. Data, initialization and probes all come from ``generator``; the network lives on
+    ``device`` (default: the generator's). ``grid``/``sigma`` go to
+    :func:`gdlab.hessian.spectral_density` when ``density`` is set."""
     hidden = check_int("hidden", hidden, min=1)
     num_classes = check_int("num_classes", num_classes, min=2)
-    k = check_int("k", k, min=2)
+    outputs = num_classes if outputs is None else check_int("outputs", outputs, min=num_classes)
+    k = 2 * outputs + 4 if k is None else check_int("k", k, min=2)
+    check_choice("loss", loss, list(LOSSES))
     check_float("separation", separation, min=0.0)
-    mix = data.gaussian_mixture(n, dim, num_classes, generator, separation=separation)
-    net = eos.tanh_mlp([dim, hidden, num_classes], generator, dtype=dtype, device=device)
-    x, y = mix.x.to(device=device, dtype=dtype), mix.y.to(device)
-    eos.train_gd(net, x, y, eta=eta, steps=steps, sharpness_every=steps + 1)
-    top, _ = hessian.top_eigenpairs(net, eos.cohen_mse, (x, y), k=k, generator=generator)
-    grid, density = hessian.spectral_density(net, eos.cohen_mse, (x, y), n_vectors=n_vectors, n_steps=n_steps,
-                                             generator=generator, grid=grid, sigma=sigma)
-    return Spectrum(top.cpu(), outlier_count(top.cpu()), grid, density, hessian.num_params(net))
+    loss_fn = LOSSES[loss]
+    mix = data.gaussian_mixture(n_per_class * num_classes, dim, num_classes, generator, separation=separation)
+    net = eos.tanh_mlp([dim, hidden, outputs], generator, dtype=dtype, device=device)
+    dev = next(net.parameters()).device
+    x, y = mix.x.to(device=dev, dtype=dtype), mix.y.to(dev)
+    params = list(net.parameters())
+    for _ in range(check_int("steps", steps, min=0)):
+        grads = torch.autograd.grad(loss_fn(net(x), y), params)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p -= eta * g
+    with torch.no_grad():
+        out = net(x)
+        acc, final = float((out.argmax(dim=1) == y).double().mean()), float(loss_fn(out, y))
+    top, _ = hessian.top_eigenpairs(net, loss_fn, (x, y), k=min(k, hessian.num_params(net)), tol=1e-6,
+                                    generator=generator)
+    top = top.detach().cpu()
+    grid_out = dens = None
+    if density:
+        grid_out, dens = hessian.spectral_density(net, loss_fn, (x, y), n_vectors=n_vectors, n_steps=n_steps,
+                                                  generator=generator, grid=grid, sigma=sigma)
+    return Spectrum(top, outlier_count(top), grid_out, dens, hessian.num_params(net), acc, final)
 
 
 def eigenvalue_count(spec: Spectrum, lo: float, hi: float) -> float:
@@ -74,6 +113,8 @@ def eigenvalue_count(spec: Spectrum, lo: float, hi: float) -> float:
     lo, hi = check_float("lo", lo), check_float("hi", hi)
     if not lo < hi:
         raise ValueError(f"parameters 'lo', 'hi': got [{lo}, {hi}]; expected lo < hi")
+    if spec.density is None:
+        raise ValueError("parameter 'spec': it has no density (pass density=True)")
     inside = (spec.grid >= lo) & (spec.grid <= hi)
     if int(inside.sum()) < 2:
         return 0.0
