@@ -321,3 +321,22 @@ def test_book_runs_chapters_in_parallel_and_reports_the_worst_outcome(toy, capsy
     assert [r["status"] for r in claims_of(toy)] == ["PASS", "PASS"]
     second = json.loads((toy / "_build" / "claims" / "02-toy.json").read_text())
     assert [r["status"] for r in second] == ["FAIL", "PASS"]
+
+
+def test_a_kept_notebook_with_an_edited_profile_runs_at_that_profile(toy):
+    """What the README tells Colab readers: edit `profile` in the parameters cell and run all.
+    No injected cell overrides the edit, so the claims are recorded at the edited profile."""
+    from nbclient import NotebookClient
+
+    assert run(toy, "1", "--save") == 0
+    nb = nbformat.read(toy / "notebooks" / "01-toy.ipynb", as_version=4)
+    (params,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert 'profile = "quick"' in params.source
+    params.source = params.source.replace('profile = "quick"', 'profile = "smoke"')
+    NotebookClient(nb, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(toy / "notebooks")}}).execute()
+    from gdlab.book.run import read_published
+
+    claims, _ = read_published(nb)
+    assert claims and {c["profile"] for c in claims} == {"smoke"}
+    assert {c["status"] for c in claims} == {"NOT JUDGED"}
