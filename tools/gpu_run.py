@@ -39,9 +39,12 @@ WHEELHOUSE = ROOT / ".whl"
 SITE = Path("/tmp/site")
 
 # projected GPU wall times (s) of each chapter's paper profile on one H200, from CPU measurements at
-# reduced steps (see the note of the GPU issue); a stage is skipped when its projection exceeds
-# what is left of the budget
-PAPER_PROJECTION_S = {"01": 120, "02": 45, "03": 90, "04": 60, "05": 60}
+# reduced steps (the chapters' notes; upper ends of their ranges); a stage is skipped when its
+# projection exceeds what is left of the budget. 01: Garg's GPT-2 (12 layers, 500k steps) per
+# depth, 3-5 h; 02: ~170k sequential small steps, 4-6 min; 03: 190 MLPs x 500 epochs in one group,
+# 2-4 min; 04: the fractal grid (9 x 1024^2 networks x 1000 steps) dominates, 0.1-3 h until
+# bench_fractal measures the fused step; 05: SmolLM2 generation (~97k steps), 40-60 min.
+PAPER_PROJECTION_S = {"01": 18000, "02": 360, "03": 240, "04": 10800, "05": 3600}
 BENCHMARKS = {  # name: (arguments on the GPU, arguments in the rehearsal)
     "sweep": (["benchmarks/bench_sweep.py", "--device", "cuda"],
               ["benchmarks/bench_sweep.py", "--device", "cpu", "--widths", "4,8", "--seeds", "1", "--epochs", "1",
