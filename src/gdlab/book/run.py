@@ -38,6 +38,8 @@ NBVAL_SANITIZE = {
     r"0x[0-9a-fA-F]+": "0xADDRESS",  # object reprs
     r"\d+(\.\d+)?(it/s|s/it)": "RATE",  # progress-bar rates printed by third-party libraries
     r"\[\d\d:\d\d<\d\d:\d\d": "[ELAPSED<REMAINING",
+    r"\bin \d+(\.\d+)? ?(s|ms|min)\b": "in DURATION",  # timings a chapter reports ("loaded in 3.1 s")
+    r"\d+(\.\d+)? (tokens|examples|steps)/s\b": "RATE",  # throughputs ("4.4 tokens/s")
 }
 PARAMETER_ERRORS = ("ParameterError", "ParameterTypeError")
 
