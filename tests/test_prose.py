@@ -139,3 +139,13 @@ def test_figure_names_are_unique_across_the_book():
 def test_kept_notebooks_show_every_figure_with_a_caption(kept):
     found = prose.figure_problems(nbformat.read(kept, as_version=4), kept.name)
     assert not found, "\n".join(found)
+
+
+def test_bibliography_parses_as_bibtex():
+    """A union merge of references.bib (.gitattributes) can drop an entry's closing lines when
+    two branches end entries alike; pybtex (what sphinxcontrib-bibtex reads with) must parse it."""
+    import pybtex.database
+
+    bib = pybtex.database.parse_file(str(Path(__file__).resolve().parents[1] / "book" / "references.bib"))
+    text = (Path(__file__).resolve().parents[1] / "book" / "references.bib").read_text()
+    assert len(bib.entries) == text.count("\n@") + text.startswith("@")
