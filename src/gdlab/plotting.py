@@ -12,6 +12,7 @@ from pathlib import Path
 
 __all__ = ["COLORS", "STYLE", "STYLE_PATH", "style", "use_style", "subplots", "heatmap", "reference_line"]
 
+#: The path of the book's matplotlib style file, ``gdlab.mplstyle`` inside the package.
 STYLE_PATH = str(Path(__file__).with_name("gdlab.mplstyle"))
 COLORS = ["#0b5fa5", "#d1495b", "#2a9d8f", "#edae49", "#6a4c93", "#8d99ae", "#3d405b", "#f4a261"]
 

@@ -230,6 +230,26 @@ def _first_line(module: str, src: Path) -> str:
     return first
 
 
+def _own_members(package: str, src: Path) -> list[str]:
+    """The public names that a package's ``__init__.py`` itself defines (functions, classes,
+    assignments; those in its ``__all__`` where it has one), read from its source (no import).
+    Names it only re-exports are documented in their own modules."""
+    import ast
+
+    tree = ast.parse(src.joinpath(*package.split("."), "__init__.py").read_text())
+    defined, listed = [], None
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.append(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names = [t.id for t in targets if isinstance(t, ast.Name)]
+            if "__all__" in names and isinstance(node.value, (ast.List, ast.Tuple)):
+                listed = [e.value for e in node.value.elts if isinstance(e, ast.Constant)]
+            defined += [n for n in names if not n.startswith("_")]
+    return [n for n in defined if not n.startswith("_") and (listed is None or n in listed)]
+
+
 def api_pages(src: Path) -> dict[str, str]:
     """The API part of the book: ``{"api/index.md": ..., "api/<name>.md": ...}``, one page per
     top-level module or subpackage, each documenting its modules with Sphinx autodoc (members
@@ -246,8 +266,10 @@ def api_pages(src: Path) -> dict[str, str]:
     for name, mods in groups.items():
         lines = [f"# {mods[0]}", ""]
         package, members = mods[0], mods[1:]
-        lines += ["```{eval-rst}", f".. automodule:: {package}", "   :no-members:" if members else "   :members:\n   :undoc-members:",
-                  "```", ""]
+        own = _own_members(package, src) if members else []
+        options = (f"   :members: {', '.join(own)}" if own else "   :no-members:") if members else \
+            "   :members:\n   :undoc-members:"
+        lines += ["```{eval-rst}", f".. automodule:: {package}", options, "```", ""]
         if members:
             lines += ["```{eval-rst}", ".. autosummary::", ""]
             lines += [f"   {m.removeprefix(package + '.')}" for m in members] + ["```", ""]

@@ -18,7 +18,8 @@ For any model::
 and a batched optimizer step (:mod:`gdlab.sweep.engine`); :mod:`gdlab.sweep.store` keeps the
 results; :mod:`gdlab.sweep.executors` trains groups here or as Ray tasks (``executor="ray"``).
 The MNIST-1D MLP of deep double descent is one use of the engine with a hand-written batched
-forward: :class:`MLPPoint`, :func:`run_sweep` and :func:`train_one` (:mod:`gdlab.sweep.mlp`).
+forward: :class:`~gdlab.sweep.mlp.MLPPoint`, :func:`~gdlab.sweep.mlp.run_sweep` and
+:func:`~gdlab.sweep.mlp.train_one` (:mod:`gdlab.sweep.mlp`).
 :func:`gdlab.sweep.reference.train_reference` is the per-model ``torch.optim`` loop that the
 engine replaces (the tests compare the two).
 
@@ -55,7 +56,8 @@ def run(model: Callable[..., torch.nn.Module], loss: Callable, data, points: Ite
     under ``torch.manual_seed(point.seed)``. ``loss(outputs, targets)``: a mean over the batch,
     such as ``F.cross_entropy``. ``data``: a :class:`gdlab.data.Split`, tensors ``(x, y)`` or
     ``(x, y, x_test, y_test)``, a dict of them, or a ``DataLoader`` (see
-    :func:`gdlab.sweep.engine.as_data`). ``points``: :class:`Point` s, e.g. from :func:`grid`.
+    :func:`gdlab.sweep.engine.as_data`). ``points``: :class:`~gdlab.sweep.engine.Point` s, e.g.
+    from :func:`~gdlab.sweep.engine.grid`.
 
     ``widths``: ``"mask"`` pads models of different sizes into one group (checked exact) and
     ``"group"`` trains only equal shapes together. ``metrics``: extra ``{name: fn(outputs,

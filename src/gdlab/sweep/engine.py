@@ -1,8 +1,8 @@
 """The general sweep engine: many copies of any ``nn.Module`` trained as ONE batched computation.
 
 A sweep is a list of :class:`Point` configurations (widths or other model arguments, seeds,
-learning rates, label noise, ...), usually made with :func:`grid`. :func:`run` groups points
-that share a training schedule and an architecture, stacks the models of a group with
+learning rates, label noise, ...), usually made with :func:`grid`. :func:`gdlab.sweep.run` groups
+points that share a training schedule and an architecture, stacks the models of a group with
 ``torch.func.stack_module_state`` and trains the group with ``torch.func.vmap`` over
 ``torch.func.functional_call``: one forward and one backward per step for all models of the
 group, and one batched optimizer step (SGD with momentum, Nesterov and weight decay as

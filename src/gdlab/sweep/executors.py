@@ -1,6 +1,6 @@
 """Where the groups of a sweep are trained: in this process, or as Ray tasks on a cluster.
 
-:func:`execute` is what :func:`gdlab.sweep.run` and :func:`gdlab.sweep.run_sweep` call. It
+:func:`execute` is what :func:`gdlab.sweep.run` and :func:`gdlab.sweep.mlp.run_sweep` call. It
 computes every point's key, reads what the store already has, resumes the groups the store holds
 checkpoints for, plans the rest into batched groups and trains them:
 

@@ -1,6 +1,6 @@
 """The per-model loop that the sweep engine replaces: one model, ``torch.optim``, plain autograd.
 
-:func:`train_reference` trains one :class:`gdlab.sweep.Point` exactly as :func:`gdlab.sweep.run`
+:func:`train_reference` trains one :class:`gdlab.sweep.engine.Point` exactly as :func:`gdlab.sweep.run`
 would (same initialization, noisy labels, minibatch order and metrics) but with an ordinary
 ``nn.Module``, ``loss.backward()`` and ``torch.optim.SGD``/``Adam``/``AdamW``. The tests and
 ``benchmarks/bench_sweep.py`` compare the two.
