@@ -33,18 +33,17 @@ $(STAMP): pyproject.toml requirements.txt requirements-nodeps.txt
 book: venv
 	$(BIN)/gdlab book --profile quick
 
-## test: unit tests (while the torch-floor venv downloads), the unit tests at the torch floor, every
-## chapter at quick with nbval re-run validation (two chapters at a time on the two cores) and the
-## HTML build with warnings as errors, the claims of every chapter, the GPU job's rehearsal (every
-## chapter at smoke under --strict-device, tiny benchmarks) and the browser check.
-## Exits non-zero on any failure or failed claim.
+## test: what CI runs (`.ci/run`); exits non-zero on any failure or failed claim. First, on the two
+## cores at once (one thread each): the unit tests, the unit tests at the torch floor, and the GPU
+## job's rehearsal (every chapter at smoke under --strict-device and re-run under nbval, which must
+## give identical outputs; tiny benchmarks). Then every chapter at quick (two at a time, longest
+## first) and the HTML build with warnings as errors, the claims of every chapter, and the browser
+## check of the built book.
 JOBS ?= 2
 test: venv
-	$(MAKE) -j2 --output-sync=target unit $(FLOOR_STAMP)
-	$(MAKE) floor
-	$(BIN)/gdlab book --profile quick --validate --jobs $(JOBS)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(MAKE) -j2 --output-sync=target unit floor rehearsal
+	$(BIN)/gdlab book --profile quick --jobs $(JOBS)
 	$(BIN)/gdlab claims
-	$(MAKE) rehearsal
 	$(MAKE) browser
 
 unit: venv

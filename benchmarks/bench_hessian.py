@@ -213,7 +213,8 @@ def traces(args, model, loss, x, y, split, device):
         trace_study("mixture classifier [20, 32, 10] after 300 GD steps (Sagun et al.)", net, eos.cohen_mse, (mx, my),
                     seeds=args.seeds)
         net = eos.tanh_mlp([40, 64, 64, 10], torch.Generator().manual_seed(3), device=device)
-        xe, ye = x[:500], split.y[:500].to(device)
+        m = min(500, len(x))  # the first 500 points (all of them at the rehearsal's --n 64)
+        xe, ye = x[:m], split.y[:m].to(device)
         eos.train_gd(net, xe, ye, eta=0.1, steps=500, sharpness_every=501)
         trace_study("edge of stability fc-tanh [40, 64, 64, 10] after 500 GD steps (Cohen et al.)", net,
                     eos.cohen_mse, (xe, ye), seeds=args.seeds)

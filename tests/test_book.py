@@ -323,6 +323,23 @@ def test_book_runs_chapters_in_parallel_and_reports_the_worst_outcome(toy, capsy
     assert [r["status"] for r in second] == ["FAIL", "PASS"]
 
 
+def test_parallel_book_starts_the_longest_chapter_first(toy, capsys):
+    from gdlab.book import cli
+
+    source = (toy / "book" / "01-toy.md").read_text()
+    (toy / "book" / "02-toy.md").write_text(source)
+    (toy / "notebooks").mkdir(exist_ok=True)
+    for stem, wall, profile in (("01-toy", 5.0, "quick"), ("02-toy", 50.0, "quick")):
+        nb = nbformat.v4.new_notebook(metadata={"gdlab": {"profile": profile, "wall_time_s": wall}})
+        nbformat.write(nb, toy / "notebooks" / f"{stem}.ipynb")
+    sources = sorted((toy / "book").glob("0*.md"))
+    assert [cli._kept_wall_time(toy, s, "quick") for s in sources] == [5.0, 50.0]
+    assert [cli._kept_wall_time(toy, s, "smoke") for s in sources] == [0.0, 0.0]  # made at another profile
+    assert cli._kept_wall_time(toy, toy / "book" / "09-none.md", "quick") == 0.0
+    cli._run_chapters_in_parallel(toy, sources, "quick", 0, False, False, 2)
+    assert "longest first: 02, 01" in capsys.readouterr().out
+
+
 def test_a_kept_notebook_with_an_edited_profile_runs_at_that_profile(toy):
     """What the README tells Colab readers: edit `profile` in the parameters cell and run all.
     No injected cell overrides the edit, so the claims are recorded at the edited profile."""

@@ -118,12 +118,14 @@ def test_koch_snowflake_dimension_carries_the_estimators_known_upward_bias():
     1024-px Koch snowflake it reads above log 4 / log 3 = 1.26 (about 1.35). The chapter judges
     C9 against his range with his estimator and states this bias; this test pins it: the
     estimate stays above the true dimension and well below a filled region's 2."""
-    from matplotlib.path import Path
+    from PIL import Image, ImageDraw  # a scanline fill: 0.1 s where a point-in-polygon test took 2 min
 
     pts = _koch_snowflake(7)
     pts = (pts - pts.min(0)) / (pts.max(0) - pts.min(0)).max() * (RES - 40) + 20
-    yy, xx = np.mgrid[:RES, :RES]
-    inside = Path(pts).contains_points(np.stack([xx.ravel() + 0.5, yy.ravel() + 0.5], 1)).reshape(RES, RES)
+    image = Image.new("1", (RES, RES), 0)
+    ImageDraw.Draw(image).polygon([tuple(p) for p in pts], fill=1, outline=1)
+    inside = np.array(image, dtype=bool)
+    assert 0.4 < inside.mean() < 0.6  # the snowflake fills about half the square
     true = math.log(4) / math.log(3)
     assert true - 0.02 <= _dimension(inside) <= true + 0.15
 

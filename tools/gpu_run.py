@@ -18,8 +18,8 @@ The rehearsal on a CPU-only machine (CI runs it) proves the same code paths at t
 
     python tools/gpu_run.py --rehearsal --out _build/gpu-rehearsal
 
-runs every chapter at smoke under --strict-device (device mix-ups raise, as they would on CUDA),
-the "paper" stage at smoke for the first chapter (smoke runs are never kept, so nothing is saved
+runs every chapter at smoke under --strict-device (device mix-ups raise, as they would on CUDA)
+and re-runs it under nbval (outputs must be identical), the "paper" stage at smoke for the first chapter (smoke runs are never kept, so nothing is saved
 to notebooks/), and the benchmarks at tiny sizes.
 """
 from __future__ import annotations
@@ -152,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     gdlab = [sys.executable, "-m", "gdlab"]
     wanted = [c for c in chapters() if not args.chapters or c[:2] in args.chapters.split(",")]
     for stem in wanted:  # smoke: every cell on the device, in seconds
-        strict = ["--strict-device"] if args.rehearsal else []
+        # the rehearsal also re-runs each smoke notebook under nbval (identical outputs): `make test`
+        # executes the quick profile once, so nbval's check of every chapter happens here
+        strict = ["--strict-device", "--validate"] if args.rehearsal else []
         job.stage(f"smoke-{stem[:2]}", [*gdlab, "run", stem, "--profile", "smoke", "--no-progress",
                                         "-p", f"device='{device}'", *strict], projected=30)
     for stem in wanted:  # the paper profile, kept
