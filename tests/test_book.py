@@ -194,6 +194,41 @@ def test_nbval_detects_changed_outputs(toy):
     assert not ok
 
 
+def test_nbval_compares_claim_numbers_to_ten_digits_not_to_the_last_bit(toy):
+    """A last-bit difference in the claims JSON (LAPACK noise between processes) passes validation;
+    a difference in the sixth digit fails it."""
+    import math
+
+    from gdlab.book.nbval_floats import round_floats
+
+    assert round_floats({"a": [0.32127751053941445, 1, "x"]}) == round_floats({"a": [0.3212775105394129, 1, "x"]})
+    assert round_floats([3e-17, -1e-13]) == round_floats([5e-17, 0.0]) == [0.0, 0.0]
+    assert round_floats(1.0000001) != round_floats(1.0) and round_floats(2e-12) != 0.0
+    assert run(toy, "1") == 0
+    executed = toy / "_build" / "executed" / "01-toy.ipynb"
+    original = nbformat.read(executed, as_version=4)
+
+    def edited(change):
+        nb = nbformat.read(executed, as_version=4)
+        hits = 0
+        for cell in nb.cells:
+            for out in cell.get("outputs", []):
+                record = out.get("data", {}).get("application/vnd.gdlab.claims+json")
+                if record:
+                    claim = record["claims"][0]
+                    claim["measured"] = change(float(claim["measured"]))
+                    hits += 1
+        assert hits == 1
+        nbformat.write(nb, executed)
+        return executed
+
+    ok, log = book.validate(edited(lambda v: math.nextafter(v, math.inf)))
+    assert ok, log
+    nbformat.write(original, executed)
+    ok, _ = book.validate(edited(lambda v: v * (1 + 1e-6) + 1e-6))
+    assert not ok
+
+
 def test_book_builds_html_with_status_page_and_colab_cell(toy):
     assert book.main(["book", "--root", str(toy)]) == 0
     html = toy / "_build" / "html"

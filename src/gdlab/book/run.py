@@ -146,13 +146,16 @@ def execute(root: Path, source: Path, profile: str, seed: int, params: dict, out
 
 
 def validate(notebook: Path, timeout: int = 3600, strict_device: bool = False) -> tuple[bool, str]:
-    """Re-run an executed notebook under nbval; True iff every cell gives identical sanitized outputs."""
+    """Re-run an executed notebook under nbval; True iff every cell gives identical sanitized outputs
+    (text after :data:`NBVAL_SANITIZE`; numbers in JSON outputs to 10 significant digits, see
+    :mod:`gdlab.book.nbval_floats`)."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "sanitize.cfg"
         cfg.write_text("".join(f"[rule{i}]\nregex: {rx}\nreplace: {rep}\n\n"
                                for i, (rx, rep) in enumerate(NBVAL_SANITIZE.items())))
         cmd = [sys.executable, "-m", "pytest", "--nbval", str(notebook), "--nbval-sanitize-with", str(cfg),
-               "--nbval-cell-timeout", str(timeout), "-p", "no:cacheprovider", "-q", "--no-header",
+               "--nbval-cell-timeout", str(timeout), "-p", "no:cacheprovider", "-p", "gdlab.book.nbval_floats",
+               "-q", "--no-header",
                "-o", "addopts=", "--rootdir", tmp]
         env = {**os.environ, "GDLAB_PROGRESS": "0", "GDLAB_STRICT_DEVICE": "1" if strict_device else "0"}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=notebook.parent)
