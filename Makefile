@@ -21,11 +21,13 @@ FLOOR_STAMP   := $(FLOOR_VENV)/.installed-$(FLOOR_VERSION)
 
 venv: $(STAMP)
 
+# --no-compile: Python byte-compiles what is imported, when it is first imported, instead of pip
+# compiling every file of every package (torch alone has thousands) at install time.
 $(STAMP): pyproject.toml requirements.txt requirements-nodeps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q $(TORCH) $(TORCH_INDEX)
-	$(BIN)/python -m pip install -q -r requirements.txt
-	$(BIN)/python -m pip install -q --no-deps -r requirements-nodeps.txt
+	$(BIN)/python -m pip install -q --no-compile $(TORCH) $(TORCH_INDEX)
+	$(BIN)/python -m pip install -q --no-compile -r requirements.txt
+	$(BIN)/python -m pip install -q --no-compile --no-deps -r requirements-nodeps.txt
 	$(BIN)/python -m pip install -q -e .
 	touch $(STAMP)
 

@@ -64,7 +64,7 @@ def test_pip_install_alone_runs_a_cnn_sweep_and_its_hessian(tmp_path):
     run([sys.executable, "-m", "venv", str(venv)])
     py = str(venv / "bin" / "python")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    pip = [py, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    pip = [py, "-m", "pip", "install", "-q", "--no-compile", "--disable-pip-version-check"]
     run(pip + ["torch==2.13.0"], env=env)  # the CPU build (from the local disk here; the Makefile does the same)
     run(pip + [str(ROOT)], env=env)
     work = tmp_path / "work"
