@@ -35,18 +35,27 @@ $(STAMP): pyproject.toml requirements.txt requirements-nodeps.txt
 book: venv
 	$(BIN)/gdlab book --profile quick
 
-## test: what CI runs (`.ci/run`); exits non-zero on any failure or failed claim. First, on the two
-## cores at once (one thread each): the unit tests, the unit tests at the torch floor, and the GPU
-## job's rehearsal (every chapter at smoke under --strict-device and re-run under nbval, which must
-## give identical outputs; tiny benchmarks). Then every chapter at quick (two at a time, longest
-## first) and the HTML build with warnings as errors, the claims of every chapter, and the browser
-## check of the built book.
-JOBS ?= 2
+## test: what CI runs (`.ci/run`); exits non-zero on any failure or failed claim. One `make -j2 -k`
+## over independent jobs, one thread each, longest first: the unit tests, the GPU job's rehearsal
+## (every chapter at smoke under --strict-device and re-run under nbval, which must give identical
+## outputs; tiny benchmarks), every chapter at quick (`gdlab run`), and the unit tests at the torch
+## floor. Then the HTML from those runs with warnings as errors, the claims of every chapter, and
+## the browser check of the built book.
+# the chapters, longest first by the wall time their kept notebooks recorded
+QUICK_JOBS := $(shell $(PYTHON) -c "import glob, json, os; \
+  w = lambda s: json.load(open(f'notebooks/{s}.ipynb')).get('metadata', {}).get('gdlab', {}).get('wall_time_s') or 0 \
+      if os.path.exists(f'notebooks/{s}.ipynb') else 0; \
+  s = [os.path.basename(p)[:-3] for p in glob.glob('book/[0-9][0-9]-*.md')]; \
+  print(' '.join('quick-' + x for x in sorted(s, key=lambda x: (-w(x), x))))")
 test: venv
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(MAKE) -j2 --output-sync=target unit floor rehearsal
-	$(BIN)/gdlab book --profile quick --jobs $(JOBS)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(MAKE) -j2 -k --output-sync=target unit rehearsal $(QUICK_JOBS) floor
+	$(BIN)/gdlab book --profile quick --executed
 	$(BIN)/gdlab claims
 	$(MAKE) browser
+
+## quick-NN-name: one chapter at the quick profile (what `make test` runs for each chapter)
+quick-%: venv
+	$(BIN)/gdlab run $* --profile quick --no-progress
 
 unit: venv
 	$(BIN)/python -m pytest -q tests

@@ -375,6 +375,26 @@ def test_parallel_book_starts_the_longest_chapter_first(toy, capsys):
     assert "longest first: 02, 01" in capsys.readouterr().out
 
 
+def test_book_executed_builds_from_the_latest_runs_and_refuses_stale_or_other_ones(toy, capsys):
+    """What `make test` does: `gdlab run` each chapter (as parallel make jobs), then
+    `gdlab book --executed` builds the HTML from those runs without executing anything."""
+    code = book.main(["book", "--root", str(toy), "--executed", "--no-html"])
+    assert code == 2 and "MISSING" in capsys.readouterr().err  # no run yet
+    assert run(toy, "1", "--profile", "smoke") == 0
+    code = book.main(["book", "--root", str(toy), "--executed", "--no-html"])
+    assert code == 2 and "profile smoke" in capsys.readouterr().err  # a run at another profile
+    assert run(toy, "1") == 0
+    capsys.readouterr()
+    assert book.main(["book", "--root", str(toy), "--executed"]) == 0
+    out = capsys.readouterr().out
+    assert "executing" not in out and "01-toy" in out  # nothing executed; the run's claims are shown
+    assert (toy / "_build" / "html" / "01-toy.html").exists()
+    source = toy / "book" / "01-toy.md"
+    source.write_text(source.read_text().replace("bins=30", "bins=31"))
+    code = book.main(["book", "--root", str(toy), "--executed", "--no-html"])
+    assert code == 2 and "STALE" in capsys.readouterr().err
+
+
 def test_a_kept_notebook_with_an_edited_profile_runs_at_that_profile(toy):
     """What the README tells Colab readers: edit `profile` in the parameters cell and run all.
     No injected cell overrides the edit, so the claims are recorded at the edited profile."""

@@ -116,8 +116,22 @@ def chapters() -> list[str]:
     return [p.stem for p in sorted((ROOT / "book").glob("[0-9][0-9]-*.md"))]
 
 
-def pack(job: Job, rehearsal: bool) -> None:
-    """Write summary.txt, results.json and book.tar.gz into the output folder."""
+def rehearsal_root() -> Path:
+    """A scratch book root for the rehearsal's runs (``book/``, ``_toc.yml`` and ``_config.yml``
+    linked from the checkout), so that its smoke records and notebooks never touch the checkout's
+    ``_build/claims`` and ``_build/executed``, which `make test` fills with quick runs at the same time."""
+    scratch = ROOT / "_build" / "rehearsal-root"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    for name in ("book", "_toc.yml", "_config.yml"):
+        if (ROOT / name).exists():
+            (scratch / name).symlink_to(ROOT / name)
+    return scratch
+
+
+def pack(job: Job, rehearsal: bool, runs: Path = ROOT) -> None:
+    """Write summary.txt, results.json and book.tar.gz into the output folder (``runs``: the book
+    root the chapters ran in)."""
     (job.out / "results.json").write_text(json.dumps(job.results, indent=1))
     lines = [f"{r['stage']:24s} {r['outcome']:24s} {r.get('wall_s', 0):7.1f} s (projected {r['projected_s']:.0f} s)"
              + (f"  {r['reason']}" if r.get("reason") else "") for r in job.results]
@@ -128,9 +142,9 @@ def pack(job: Job, rehearsal: bool) -> None:
             for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
                 tar.add(nb, arcname=f"notebooks/{nb.name}")
         else:
-            for nb in sorted((ROOT / "_build" / "executed").glob("*.ipynb")):
+            for nb in sorted((runs / "_build" / "executed").glob("*.ipynb")):
                 tar.add(nb, arcname=f"executed/{nb.name}")
-        for rec in sorted((ROOT / "_build" / "claims").glob("*.json")):
+        for rec in sorted((runs / "_build" / "claims").glob("*.json")):
             tar.add(rec, arcname=f"claims/{rec.name}")
         tar.add(job.logs, arcname="logs")
     shutil.rmtree(job.logs)
@@ -139,36 +153,40 @@ def pack(job: Job, rehearsal: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="output folder (at most 8 files are written)")
-    ap.add_argument("--budget", type=float, default=480.0, help="seconds for the whole job")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds for the whole job (default 480 on the GPU; none in the rehearsal)")
     ap.add_argument("--rehearsal", action="store_true", help="CPU rehearsal at the smoke size (what CI runs)")
     ap.add_argument("--chapters", default=None, help="comma-separated chapter numbers (default: all)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}".rstrip(":")}
-    job = Job(args.out, args.budget, env)
+    budget = args.budget if args.budget is not None else (1e9 if args.rehearsal else 480.0)
+    job = Job(args.out, budget, env)
     if not have_book_tools():
         print(install_wheelhouse(env), flush=True)
     device = "cpu" if args.rehearsal else "cuda"
+    runs = rehearsal_root() if args.rehearsal else ROOT
     gdlab = [sys.executable, "-m", "gdlab"]
+    where = ["--root", str(runs)] if args.rehearsal else []
     wanted = [c for c in chapters() if not args.chapters or c[:2] in args.chapters.split(",")]
     for stem in wanted:  # smoke: every cell on the device, in seconds
         # the rehearsal also re-runs each smoke notebook under nbval (identical outputs): `make test`
         # executes the quick profile once, so nbval's check of every chapter happens here
         strict = ["--strict-device", "--validate"] if args.rehearsal else []
-        job.stage(f"smoke-{stem[:2]}", [*gdlab, "run", stem, "--profile", "smoke", "--no-progress",
+        job.stage(f"smoke-{stem[:2]}", [*gdlab, "run", stem, *where, "--profile", "smoke", "--no-progress",
                                         "-p", f"device='{device}'", *strict], projected=30)
     for stem in wanted:  # the paper profile, kept
         if args.rehearsal and stem != wanted[0]:
             continue  # the smoke stage above already ran every chapter; one proves this stage's path
         if args.rehearsal:
-            cmd = [*gdlab, "run", stem, "--profile", "smoke", "--no-progress", "-p", f"device='{device}'"]
+            cmd = [*gdlab, "run", stem, *where, "--profile", "smoke", "--no-progress", "-p", f"device='{device}'"]
         else:
             cmd = [*gdlab, "run", stem, "--profile", "paper", "--save", "--no-progress", "-p", "device='cuda'"]
         job.stage(f"paper-{stem[:2]}", cmd, projected=0 if args.rehearsal else PAPER_PROJECTION_S.get(stem[:2], 60))
     for name, (gpu_args, cpu_args) in BENCHMARKS.items():
         job.stage(f"bench-{name}", [sys.executable, *(cpu_args if args.rehearsal else gpu_args)],
                   projected=10 if args.rehearsal else 60)
-    pack(job, args.rehearsal)
+    pack(job, args.rehearsal, runs)
     # on the GPU a stage that does not fit is skipped and reported; the rehearsal must run them all
     failed = [r for r in job.results if r["outcome"] != "ok" and (args.rehearsal or r["outcome"] != "skipped")]
     print(f"{len(job.results)} stages, {len(failed)} failed; results in {args.out}")

@@ -2,7 +2,7 @@
 
     gdlab run CHAPTER [--profile smoke|quick|paper] [--seed N | --seeds 0-5] [-p NAME=VALUE ...]
                       [--validate] [--save] [--strict-device]
-    gdlab book [--profile ...] [--seed N] [--validate] [--committed] [--no-html] [--strict-device]
+    gdlab book [--profile ...] [--seed N] [--validate] [--committed | --executed] [--no-html] [--strict-device]
     gdlab claims
     gdlab check-notebooks
 
@@ -105,11 +105,38 @@ def _run_chapters_in_parallel(root: Path, sources: list[Path], profile: str, see
     return out
 
 
+def _latest_run(root: Path, source: Path, profile: str, seed: int) -> "run.RunResult":
+    """The chapter's latest ``gdlab run`` as a RunResult, for ``gdlab book --executed``; a
+    PipelineError naming the command to run where it is missing, did not complete, is stale, or
+    was made at another profile, seed or with parameters."""
+    import nbformat
+
+    stem = source.stem
+    rows = records.read_records(root, stem)
+    state, why = records.chapter_state(root, stem, rows)
+    nb_path = root / "_build" / "executed" / f"{stem}.ipynb"
+    redo = f"run `gdlab run {stem} --profile {profile} --seed {seed}`"
+    if state in ("MISSING", "ERROR", "STALE"):
+        raise PipelineError(f"{stem}: its latest run is {state} ({why}); {redo}")
+    first = rows[0]
+    if (first.get("profile"), first.get("seed"), first.get("params") or {}) != (profile, seed, {}) or first.get("kept"):
+        raise PipelineError(f"{stem}: its latest run was at profile {first.get('profile')}, seed {first.get('seed')}, "
+                            f"parameters {records.params_text(first)}; {redo}")
+    if not nb_path.exists():
+        raise PipelineError(f"{stem}: no executed notebook {nb_path.relative_to(root)}; {redo}")
+    _, run_info = run.read_published(nbformat.read(nb_path, as_version=4))
+    claims = [r for r in rows if r.get("id") != records.ERROR_ID]
+    return run.RunResult(stem, nb_path, claims, float(first.get("wall_time_s") or 0.0), "",
+                         "ok" if state == "OK" else "claim", run_info)
+
+
 def build_book(root: Path, profile: str = "quick", seed: int = 0, validate_outputs: bool = False,
                committed: bool = False, html: bool = True, strict_device: bool = False,
-               jobs: int = 1) -> int:
+               jobs: int = 1, executed_runs: bool = False) -> int:
     """``gdlab book``: execute every chapter (or reuse the kept notebooks) and build the HTML.
     ``jobs > 1`` executes that many chapters at once (subprocesses sharing the cores).
+    ``executed_runs`` executes nothing: it builds from each chapter's latest ``gdlab run`` (its
+    record and ``_build/executed`` notebook), which must be current and at ``profile`` and ``seed``.
     Returns the exit code: the worst outcome over the chapters."""
     import nbformat
 
@@ -119,7 +146,12 @@ def build_book(root: Path, profile: str = "quick", seed: int = 0, validate_outpu
     results, executed, all_records = [], [], []
     sources = notebooks.chapters(root)
     parallel = {}
-    if jobs > 1:
+    if executed_runs:
+        if committed or validate_outputs or strict_device:
+            raise PipelineError("--executed builds from earlier runs: it takes no --committed, --validate "
+                                "or --strict-device")
+        parallel = {s.stem: _latest_run(root, s, profile, seed) for s in sources}
+    elif jobs > 1:
         fresh = [s for s in sources if not (committed and (root / "notebooks" / f"{s.stem}.ipynb").exists())]
         parallel = _run_chapters_in_parallel(root, fresh, profile, seed, validate_outputs, strict_device, jobs)
     for source in sources:
@@ -205,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     book.add_argument("--committed", action="store_true",
                       help="use the kept notebooks in notebooks/ (checked against their sources) where present")
     book.add_argument("--no-html", action="store_true")
+    book.add_argument("--executed", action="store_true",
+                      help="execute nothing: build from each chapter's latest `gdlab run` (which must be current)")
     book.add_argument("--jobs", "-j", type=int, default=1,
                       help="execute this many chapters at once, sharing the cores (default 1)")
     for name, text in (("claims", "print the latest claims of every chapter"),
@@ -225,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             return result.exit_code
         if args.command == "book":
             return build_book(root, args.profile, args.seed, args.validate, args.committed, not args.no_html,
-                              args.strict_device, args.jobs)
+                              args.strict_device, args.jobs, args.executed)
         if args.command == "claims":
             return 0 if records.print_claims(root, notebooks.toc_chapters(root)) else 1
         return 0 if check_notebooks(root) else 1
