@@ -17,7 +17,7 @@ FLOOR_VERSION := $(shell sed -n 's/^ *"torch>=\([0-9][0-9.]*\)".*/\1/p' pyprojec
 FLOOR_VENV    ?= .venv-floor
 FLOOR_STAMP   := $(FLOOR_VENV)/.installed-$(FLOOR_VERSION)
 
-.PHONY: venv book test unit floor chapters paper html claims clean browser chromium rehearsal gpu
+.PHONY: venv book test unit rehearsal-and-floor floor chapters paper html claims clean browser chromium rehearsal gpu
 
 venv: $(STAMP)
 
@@ -35,23 +35,21 @@ $(STAMP): pyproject.toml requirements.txt requirements-nodeps.txt
 book: venv
 	$(BIN)/gdlab book --profile quick
 
-## test: what CI runs (`.ci/run`); exits non-zero on any failure or failed claim. One `make -j2 -k`
-## over independent jobs, one thread each, longest first: the unit tests, the GPU job's rehearsal
-## (every chapter at smoke under --strict-device and re-run under nbval, which must give identical
-## outputs; tiny benchmarks), every chapter at quick (`gdlab run`), and the unit tests at the torch
-## floor. Then the HTML from those runs with warnings as errors, the claims of every chapter, and
-## the browser check of the built book.
-# the chapters, longest first by the wall time their kept notebooks recorded
-QUICK_JOBS := $(shell $(PYTHON) -c "import glob, json, os; \
-  w = lambda s: json.load(open(f'notebooks/{s}.ipynb')).get('metadata', {}).get('gdlab', {}).get('wall_time_s') or 0 \
-      if os.path.exists(f'notebooks/{s}.ipynb') else 0; \
-  s = [os.path.basename(p)[:-3] for p in glob.glob('book/[0-9][0-9]-*.md')]; \
-  print(' '.join('quick-' + x for x in sorted(s, key=lambda x: (-w(x), x))))")
+## test: what CI runs (`.ci/run`); exits non-zero on any failure or failed claim. First two jobs at
+## once: the unit tests (torch's threads) and, one thread, the GPU job's rehearsal (every chapter
+## at smoke under --strict-device and re-run under nbval, which must give identical outputs; tiny
+## benchmarks) followed by the unit tests at the torch floor. Then every chapter at quick, two at a
+## time with one thread each, longest first, and the HTML with warnings as errors; the claims of
+## every chapter; and the browser check of the built book.
+JOBS ?= 2
 test: venv
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(MAKE) -j2 -k --output-sync=target unit rehearsal $(QUICK_JOBS) floor
-	$(BIN)/gdlab book --profile quick --executed
+	$(MAKE) -j2 --output-sync=target unit rehearsal-and-floor
+	$(BIN)/gdlab book --profile quick --jobs $(JOBS)
 	$(BIN)/gdlab claims
 	$(MAKE) browser
+
+rehearsal-and-floor: venv
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(MAKE) rehearsal floor
 
 ## quick-NN-name: one chapter at the quick profile (what `make test` runs for each chapter)
 quick-%: venv

@@ -14,7 +14,7 @@ before, after the patterns of :data:`gdlab.book.run.NBVAL_SANITIZE`.
 """
 from __future__ import annotations
 
-__all__ = ["DIGITS", "TINY", "round_floats"]
+__all__ = ["DIGITS", "TINY", "round_floats", "pytest_configure"]
 
 #: Significant digits kept of every float in a JSON output before nbval compares it.
 DIGITS = 10
