@@ -19,13 +19,7 @@ from gdlab.sweep import MLPPoint, run_sweep, train_one
 from gdlab.sweep.mlp import MLPFamily
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small matmuls: one thread is faster and steadier on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def small_data(n=80, n_test=40, dim=6, classes=4, seed=0):

@@ -10,12 +10,7 @@ from gdlab.sweep import Point, grid
 from gdlab.sweep.reference import train_reference
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class CNN(torch.nn.Module):

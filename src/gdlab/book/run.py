@@ -33,7 +33,7 @@ __all__ = ["EXIT", "NBVAL_SANITIZE", "PARAMETER_ERRORS", "RunResult", "read_publ
 
 #: The exit code of ``gdlab run`` / ``gdlab book`` for each outcome.
 EXIT = {"ok": 0, "claim": 1, "parameter": 2, "error": 3, "validation": 4, "interrupt": 130}
-# nbval compares every text output exactly after these substitutions (regex -> replacement).
+#: nbval compares every text output exactly after these substitutions (regex -> replacement).
 NBVAL_SANITIZE = {
     r"0x[0-9a-fA-F]+": "0xADDRESS",  # object reprs
     r"\d+(\.\d+)?(it/s|s/it)": "RATE",  # progress-bar rates printed by third-party libraries
