@@ -51,7 +51,8 @@ test: venv
 rehearsal-and-floor: venv
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(MAKE) rehearsal floor
 
-## quick-NN-name: one chapter at the quick profile (what `make test` runs for each chapter)
+## quick-NN-name: one chapter at the quick profile; `gdlab book --executed` then builds the HTML
+## from such runs without executing anything
 quick-%: venv
 	$(BIN)/gdlab run $* --profile quick --no-progress
 

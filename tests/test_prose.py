@@ -146,6 +146,7 @@ def test_bibliography_parses_as_bibtex():
     two branches end entries alike; pybtex (what sphinxcontrib-bibtex reads with) must parse it."""
     import pybtex.database
 
-    bib = pybtex.database.parse_file(str(Path(__file__).resolve().parents[1] / "book" / "references.bib"))
-    text = (Path(__file__).resolve().parents[1] / "book" / "references.bib").read_text()
+    path = Path(__file__).resolve().parents[1] / "book" / "references.bib"
+    bib = pybtex.database.parse_file(str(path))
+    text = path.read_text()
     assert len(bib.entries) == text.count("\n@") + text.startswith("@")

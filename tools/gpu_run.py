@@ -19,8 +19,9 @@ The rehearsal on a CPU-only machine (CI runs it) proves the same code paths at t
     python tools/gpu_run.py --rehearsal --out _build/gpu-rehearsal
 
 runs every chapter at smoke under --strict-device (device mix-ups raise, as they would on CUDA)
-and re-runs it under nbval (outputs must be identical), the "paper" stage at smoke for the first chapter (smoke runs are never kept, so nothing is saved
-to notebooks/), and the benchmarks at tiny sizes.
+and re-runs it under nbval (outputs must be identical), the "paper" stage at smoke for the first
+chapter (smoke runs are never kept, so nothing is saved to notebooks/), and the benchmarks at
+tiny sizes. Its runs go to a scratch root, _build/rehearsal-root, not the checkout's _build.
 """
 from __future__ import annotations
 
@@ -118,8 +119,8 @@ def chapters() -> list[str]:
 
 def rehearsal_root() -> Path:
     """A scratch book root for the rehearsal's runs (``book/``, ``_toc.yml`` and ``_config.yml``
-    linked from the checkout), so that its smoke records and notebooks never touch the checkout's
-    ``_build/claims`` and ``_build/executed``, which `make test` fills with quick runs at the same time."""
+    linked from the checkout), so that its smoke records and notebooks never replace the checkout's
+    quick ones in ``_build/claims`` and ``_build/executed``."""
     scratch = ROOT / "_build" / "rehearsal-root"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)

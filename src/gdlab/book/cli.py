@@ -68,8 +68,6 @@ def _run_chapters_in_parallel(root: Path, sources: list[Path], profile: str, see
     import subprocess
     from concurrent.futures import ThreadPoolExecutor
 
-    import nbformat
-
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "GDLAB_PROGRESS": "0"}
 
@@ -91,26 +89,33 @@ def _run_chapters_in_parallel(root: Path, sources: list[Path], profile: str, see
         for source, code, log, wall in pool.map(one, order):
             print(f"\n##### gdlab run {source.stem} (exit {code}, {wall:.0f} s)\n{log}", flush=True)
             rows = records.read_records(root, source.stem) or []
-            nb_path = root / "_build" / "executed" / f"{source.stem}.ipynb"
-            claims = [r for r in rows if r.get("id") != records.ERROR_ID]
             errors = [r for r in rows if r.get("id") == records.ERROR_ID]
             outcome = next((k for k, v in run.EXIT.items() if v == code), "error")
             error = (errors[0].get("error") or errors[0].get("message", "")) if errors else ""
             if code and not error and outcome != "claim":
                 error = f"gdlab run exited {code}"
-            run_info = {}
-            if nb_path.exists():
-                _, run_info = run.read_published(nbformat.read(nb_path, as_version=4))
-            out[source.stem] = run.RunResult(source.stem, nb_path, claims, wall, error, outcome, run_info)
+            out[source.stem] = _recorded_result(root, source.stem, rows, wall, error, outcome)
     return out
+
+
+def _recorded_result(root: Path, stem: str, rows: list[dict], wall: float, error: str,
+                     outcome: str) -> "run.RunResult":
+    """A RunResult rebuilt from what a ``gdlab run`` left: its record ``rows`` and its executed
+    notebook (``_build/executed/<stem>.ipynb``, read for the run's info where it exists)."""
+    import nbformat
+
+    nb_path = root / "_build" / "executed" / f"{stem}.ipynb"
+    run_info = {}
+    if nb_path.exists():
+        _, run_info = run.read_published(nbformat.read(nb_path, as_version=4))
+    claims = [r for r in rows if r.get("id") != records.ERROR_ID]
+    return run.RunResult(stem, nb_path, claims, wall, error, outcome, run_info)
 
 
 def _latest_run(root: Path, source: Path, profile: str, seed: int) -> "run.RunResult":
     """The chapter's latest ``gdlab run`` as a RunResult, for ``gdlab book --executed``; a
     PipelineError naming the command to run where it is missing, did not complete, is stale, or
     was made at another profile, seed or with parameters."""
-    import nbformat
-
     stem = source.stem
     rows = records.read_records(root, stem)
     state, why = records.chapter_state(root, stem, rows)
@@ -124,10 +129,8 @@ def _latest_run(root: Path, source: Path, profile: str, seed: int) -> "run.RunRe
                             f"parameters {records.params_text(first)}; {redo}")
     if not nb_path.exists():
         raise PipelineError(f"{stem}: no executed notebook {nb_path.relative_to(root)}; {redo}")
-    _, run_info = run.read_published(nbformat.read(nb_path, as_version=4))
-    claims = [r for r in rows if r.get("id") != records.ERROR_ID]
-    return run.RunResult(stem, nb_path, claims, float(first.get("wall_time_s") or 0.0), "",
-                         "ok" if state == "OK" else "claim", run_info)
+    return _recorded_result(root, stem, rows, float(first.get("wall_time_s") or 0.0), "",
+                            "ok" if state == "OK" else "claim")
 
 
 def build_book(root: Path, profile: str = "quick", seed: int = 0, validate_outputs: bool = False,

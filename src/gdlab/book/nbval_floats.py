@@ -9,8 +9,8 @@ comparison fails a re-run that reproduced every number a claim uses. Ten signifi
 far finer than any claim's tolerance (the tightest is 1e-9 of an O(1) value) and far coarser than
 last-bit noise (1e-16), so a real change still fails validation. Near zero the noise is absolute
 (a residual of 3e-17 on one run is 5e-17 on the next), so sizes below :data:`TINY` compare as 0;
-the tightest identity bound is 1e-9. Text outputs are compared as
-before, after the patterns of :data:`gdlab.book.run.NBVAL_SANITIZE`.
+the tightest identity bound is 1e-9. Text outputs are compared as before, after the patterns of
+:data:`gdlab.book.run.NBVAL_SANITIZE`.
 """
 from __future__ import annotations
 

@@ -35,8 +35,9 @@ def gd_filter(steps: int, lr_scale: float = 1.0) -> Filter:
 
 
 def peak_summary(curves: FeatureCurves, name: str) -> dict:
-    """What Liu & Flanigan relate: the peak (:func:`~gdlab.double_descent.random_features.peak_prominence` of the trial-mean test MSE at N = n), the training MSE reached at N = n,
-    the median cond(F) there and the best test MSE over N (how good the model is anywhere)."""
+    """What Liu & Flanigan relate: the peak
+    (:func:`~gdlab.double_descent.random_features.peak_prominence` of the trial-mean test MSE at
+    N = n), the training MSE reached at N = n, the median cond(F) there and the best test MSE over N (how good the model is anywhere)."""
     j = curves.index(1.0)
     test = curves.mean(name)
     return {"peak": peak_prominence(curves.ratio, test), "train_mse_at_n": float(curves.mean(name, "train")[j]),

@@ -1,7 +1,8 @@
 """The MNIST-1D MLP of deep double descent (Nakkiran et al. 2019; Greydanus 2020) as one use of
 the sweep engine: ``MLPPoint`` configurations, trained by :func:`~gdlab.sweep.mlp.run_sweep`
 with hand-written batched matrix products (``torch.baddbmm``) instead of ``vmap``, and
-:func:`~gdlab.sweep.mlp.train_one`, the plain ``nn.Sequential`` + ``torch.optim.SGD`` loop it replaces.
+:func:`~gdlab.sweep.mlp.train_one`, the plain ``nn.Sequential`` + ``torch.optim.SGD`` loop it
+replaces.
 
 Model ``m`` of a group has weights ``W[m]`` of shape (fan_in, max_width), whose columns and rows
 beyond the model's own width are zero. Padded units then have zero pre-activation, zero
