@@ -10,14 +10,15 @@ TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 
 # The torch floor: the lowest torch that pyproject.toml allows (Colab's preinstalled torch).
-# `make floor` runs the unit tests with exactly that torch in $(FLOOR_VENV), a venv that takes
-# every other package from $(VENV) (a .pth line), so only torch is installed twice. Without a
-# CPU index (TORCH_INDEX) pip takes PyPI's build, with its CUDA libraries (~3 GB, unused on a CPU).
+# `make floor` executes every chapter (the GPU job's rehearsal) with exactly that torch in
+# $(FLOOR_VENV), a venv that takes every other package from $(VENV) (a .pth line), so only torch
+# is installed twice. Without a CPU index (TORCH_INDEX) pip takes PyPI's build, with its CUDA
+# libraries (~3 GB, unused on a CPU).
 FLOOR_VERSION := $(shell sed -n 's/^ *"torch>=\([0-9][0-9.]*\)".*/\1/p' pyproject.toml)
 FLOOR_VENV    ?= .venv-floor
 FLOOR_STAMP   := $(FLOOR_VENV)/.installed-$(FLOOR_VERSION)
 
-.PHONY: venv book test unit rehearsal-and-floor floor chapters paper html claims clean browser chromium rehearsal gpu
+.PHONY: venv book test unit floor chapters paper html claims clean browser chromium rehearsal gpu
 
 venv: $(STAMP)
 
@@ -36,20 +37,17 @@ book: venv
 	$(BIN)/gdlab book --profile quick
 
 ## test: what CI runs (`.ci/run`); exits non-zero on any failure or failed claim. First two jobs at
-## once: the unit tests (torch's threads) and, one thread, the GPU job's rehearsal (every chapter
-## at smoke under --strict-device and re-run under nbval, which must give identical outputs; tiny
-## benchmarks) followed by the unit tests at the torch floor. Then every chapter at quick, two at a
+## once: the unit tests (torch's threads) and, one thread, the floor: the GPU job's rehearsal at the
+## lowest torch pyproject.toml allows (every chapter at smoke under --strict-device and re-run under
+## nbval, which must give identical outputs; tiny benchmarks). Then every chapter at quick, two at a
 ## time with one thread each, longest first, and the HTML with warnings as errors; the claims of
 ## every chapter; and the browser check of the built book.
 JOBS ?= 2
 test: venv
-	$(MAKE) -j2 --output-sync=target unit rehearsal-and-floor
+	$(MAKE) -j2 --output-sync=target unit floor
 	$(BIN)/gdlab book --profile quick --jobs $(JOBS)
 	$(BIN)/gdlab claims
 	$(MAKE) browser
-
-rehearsal-and-floor: venv
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(MAKE) rehearsal floor
 
 ## quick-NN-name: one chapter at the quick profile; `gdlab book --executed` then builds the HTML
 ## from such runs without executing anything
@@ -59,7 +57,9 @@ quick-%: venv
 unit: venv
 	$(BIN)/python -m pytest -q tests
 
-## floor: the unit tests (not the pipeline's) at the torch floor, e.g. torch==2.11
+## floor: the rehearsal (below) at the torch floor, e.g. torch==2.11 (Colab's torch, and the GPU
+## machine's): every chapter executes at the floor under --strict-device and nbval, and a stage
+## checks that each chapter's kernel really ran that torch
 $(FLOOR_STAMP): pyproject.toml $(STAMP)
 	test -n "$(FLOOR_VERSION)" || { echo "no torch>=X floor in pyproject.toml"; exit 1; }
 	test -x $(FLOOR_VENV)/bin/python || $(BIN)/python -m venv $(FLOOR_VENV)
@@ -71,11 +71,10 @@ $(FLOOR_STAMP): pyproject.toml $(STAMP)
 floor: $(FLOOR_STAMP)
 	$(FLOOR_VENV)/bin/python -c "import torch; v = torch.__version__.split('+')[0]; \
 	  assert v.startswith('$(FLOOR_VERSION)'), f'torch {v} is not the floor $(FLOOR_VERSION)'; print('torch floor', v)"
-	PYTHONPATH=src $(FLOOR_VENV)/bin/python -m pytest -q tests -m "not slow" \
-	  --ignore=tests/test_book.py --ignore=tests/test_workflows.py --ignore=tests/test_colab.py
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(FLOOR_VENV)/bin/python tools/gpu_run.py --rehearsal --out _build/gpu-rehearsal
 
-## rehearsal: the GPU job (tools/gpu_run.py) on this CPU: every chapter at smoke under
-## --strict-device, the benchmarks at tiny sizes; results in _build/gpu-rehearsal
+## rehearsal: the GPU job (tools/gpu_run.py) on this CPU, at the venv's torch: every chapter at smoke
+## under --strict-device and nbval, the benchmarks at tiny sizes; results in _build/gpu-rehearsal
 rehearsal: venv
 	$(BIN)/python tools/gpu_run.py --rehearsal --out _build/gpu-rehearsal
 

@@ -19,9 +19,9 @@ The rehearsal on a CPU-only machine (CI runs it) proves the same code paths at t
     python tools/gpu_run.py --rehearsal --out _build/gpu-rehearsal
 
 runs every chapter at smoke under --strict-device (device mix-ups raise, as they would on CUDA)
-and re-runs it under nbval (outputs must be identical), the "paper" stage at smoke for the first
-chapter (smoke runs are never kept, so nothing is saved to notebooks/), and the benchmarks at
-tiny sizes. Its runs go to a scratch root, _build/rehearsal-root, not the checkout's _build.
+and re-runs it under nbval (outputs must be identical), and the benchmarks at tiny sizes; it
+skips the paper stage, which on a CPU could only repeat a smoke run (nothing is saved to
+notebooks/). Its runs go to a scratch root, _build/rehearsal-root, not the checkout's _build.
 """
 from __future__ import annotations
 
@@ -130,6 +130,28 @@ def rehearsal_root() -> Path:
     return scratch
 
 
+def kernel_torch(job: Job, runs: Path, stems: list[str]) -> None:
+    """A stage that checks each smoke record was made by this interpreter's torch: papermill and
+    nbval start their kernels with ``sys.executable``, so run with the floor venv's Python (``make
+    floor``), the chapters execute at the torch floor and not at some other install's torch."""
+    import torch
+
+    want = torch.__version__
+    found = {}
+    for stem in stems:
+        path = runs / "_build" / "claims" / f"{stem}.json"
+        try:
+            found[stem] = (json.loads(path.read_text())[0].get("versions") or {}).get("torch")
+        except (OSError, ValueError, IndexError, AttributeError):
+            found[stem] = None
+    wrong = {stem: v for stem, v in found.items() if v != want}
+    entry = {"stage": "kernel-torch", "command": f"records made at torch {want}", "projected_s": 0,
+             "outcome": "ok" if not wrong else f"wrong torch {wrong}", "wall_s": 0.0}
+    job.results.append(entry)
+    print(f"{'kernel-torch':24s} {entry['outcome']:24s} (torch {want} in {len(found) - len(wrong)} of {len(found)} "
+          "chapter records)", flush=True)
+
+
 def pack(job: Job, rehearsal: bool, runs: Path = ROOT) -> None:
     """Write summary.txt, results.json and book.tar.gz into the output folder (``runs``: the book
     root the chapters ran in)."""
@@ -176,14 +198,12 @@ def main(argv: list[str] | None = None) -> int:
         strict = ["--strict-device", "--validate"] if args.rehearsal else []
         job.stage(f"smoke-{stem[:2]}", [*gdlab, "run", stem, *where, "--profile", "smoke", "--no-progress",
                                         "-p", f"device='{device}'", *strict], projected=30)
-    for stem in wanted:  # the paper profile, kept
-        if args.rehearsal and stem != wanted[0]:
-            continue  # the smoke stage above already ran every chapter; one proves this stage's path
-        if args.rehearsal:
-            cmd = [*gdlab, "run", stem, *where, "--profile", "smoke", "--no-progress", "-p", f"device='{device}'"]
-        else:
-            cmd = [*gdlab, "run", stem, "--profile", "paper", "--save", "--no-progress", "-p", "device='cuda'"]
-        job.stage(f"paper-{stem[:2]}", cmd, projected=0 if args.rehearsal else PAPER_PROJECTION_S.get(stem[:2], 60))
+    if args.rehearsal:
+        kernel_torch(job, runs, wanted)
+    for stem in [] if args.rehearsal else wanted:  # the paper profile, kept (on CPU it would only
+        # repeat a smoke run above: the paper profile does not fit a CPU and smoke runs are never kept)
+        cmd = [*gdlab, "run", stem, "--profile", "paper", "--save", "--no-progress", "-p", "device='cuda'"]
+        job.stage(f"paper-{stem[:2]}", cmd, projected=PAPER_PROJECTION_S.get(stem[:2], 60))
     for name, (gpu_args, cpu_args) in BENCHMARKS.items():
         job.stage(f"bench-{name}", [sys.executable, *(cpu_args if args.rehearsal else gpu_args)],
                   projected=10 if args.rehearsal else 60)
