@@ -109,3 +109,13 @@ def test_figure_format_is_a_no_op_outside_ipython():
     code = "from gdlab.notebook import figure_format; print(figure_format())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"  # a script is not an IPython kernel; inside one it sets "retina"
+
+
+def test_an_unexpected_pass_asks_for_every_seed_before_the_declaration_goes():
+    from gdlab.book.records import summary_line
+
+    rows = [{"id": "C1", "status": "PASS", "passed": True},
+            {"id": "C8", "status": "UNEXPECTED PASS", "passed": True, "not_reproduced": "why"}]
+    text = summary_line(rows)
+    assert text.startswith("1 of 1 reproductions pass; 1 declared not reproduced (C8 passes in this run;")
+    assert "every seed" in text and "--seeds" in text

@@ -170,7 +170,8 @@ def summary_line(records: list[dict]) -> str:
         text += f"; {len(declared)} declared not reproduced"
         surprises = [r["id"] for r in declared if status_of(r) == "UNEXPECTED PASS"]
         if surprises:
-            text += f" ({', '.join(surprises)} now pass: remove the declaration)"
+            text += (f" ({', '.join(surprises)} pass{'es' if len(surprises) == 1 else ''} in this run; remove a "
+                     "declaration only if the claim passes at every seed of `gdlab run --seeds`)")
     return text + f"; {n(ident)} of {len(ident)} identities hold"
 
 
