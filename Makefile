@@ -10,10 +10,10 @@ TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 
 # The torch floor: the lowest torch that pyproject.toml allows (Colab's preinstalled torch).
-# `make floor` executes every chapter (the GPU job's rehearsal) with exactly that torch in
-# $(FLOOR_VENV), a venv that takes every other package from $(VENV) (a .pth line), so only torch
-# is installed twice. Without a CPU index (TORCH_INDEX) pip takes PyPI's build, with its CUDA
-# libraries (~3 GB, unused on a CPU).
+# `make floor` executes every chapter (the GPU job's rehearsal) and runs the unit tests with
+# exactly that torch in $(FLOOR_VENV), a venv that takes every other package from $(VENV) (a .pth
+# line), so only torch is installed twice. Without a CPU index (TORCH_INDEX) pip takes PyPI's
+# build, with its CUDA libraries (~3 GB, unused on a CPU).
 FLOOR_VERSION := $(shell sed -n 's/^ *"torch>=\([0-9][0-9.]*\)".*/\1/p' pyproject.toml)
 FLOOR_VENV    ?= .venv-floor
 FLOOR_STAMP   := $(FLOOR_VENV)/.installed-$(FLOOR_VERSION)
@@ -37,11 +37,12 @@ book: venv
 	$(BIN)/gdlab book --profile quick
 
 ## test: what CI runs (`.ci/run`); exits non-zero on any failure or failed claim. First two jobs at
-## once: the unit tests (torch's threads) and, one thread, the floor: the GPU job's rehearsal at the
-## lowest torch pyproject.toml allows (every chapter at smoke under --strict-device and re-run under
-## nbval, which must give identical outputs; tiny benchmarks). Then every chapter at quick, two at a
-## time with one thread each, longest first, and the HTML with warnings as errors; the claims of
-## every chapter; and the browser check of the built book.
+## once: the unit tests (torch's threads) and, one thread, the floor: at the lowest torch
+## pyproject.toml allows, the GPU job's rehearsal (every chapter at smoke under --strict-device and
+## re-run under nbval, which must give identical outputs; tiny benchmarks) and the library's unit
+## tests. Then every chapter at quick, two at a time with one thread each, longest first, and the
+## HTML with warnings as errors; the claims of every chapter; and the browser check of the built
+## book.
 JOBS ?= 2
 test: venv
 	$(MAKE) -j2 --output-sync=target unit floor
@@ -57,9 +58,9 @@ quick-%: venv
 unit: venv
 	$(BIN)/python -m pytest -q tests
 
-## floor: the rehearsal (below) at the torch floor, e.g. torch==2.11 (Colab's torch, and the GPU
-## machine's): every chapter executes at the floor under --strict-device and nbval, and a stage
-## checks that each chapter's kernel really ran that torch
+## floor: at the torch floor, e.g. torch==2.11 (Colab's torch, and the GPU machine's), on one thread:
+## the rehearsal (below: every chapter under --strict-device and nbval, and a stage that checks that
+## each chapter's kernel really ran that torch), then the library's unit tests (not the pipeline's)
 $(FLOOR_STAMP): pyproject.toml $(STAMP)
 	test -n "$(FLOOR_VERSION)" || { echo "no torch>=X floor in pyproject.toml"; exit 1; }
 	test -x $(FLOOR_VENV)/bin/python || $(BIN)/python -m venv $(FLOOR_VENV)
@@ -72,6 +73,8 @@ floor: $(FLOOR_STAMP)
 	$(FLOOR_VENV)/bin/python -c "import torch; v = torch.__version__.split('+')[0]; \
 	  assert v.startswith('$(FLOOR_VERSION)'), f'torch {v} is not the floor $(FLOOR_VERSION)'; print('torch floor', v)"
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(FLOOR_VENV)/bin/python tools/gpu_run.py --rehearsal --out _build/gpu-rehearsal
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH=src $(FLOOR_VENV)/bin/python -m pytest -q tests -m "not slow" \
+	  --ignore=tests/test_book.py --ignore=tests/test_workflows.py --ignore=tests/test_colab.py
 
 ## rehearsal: the GPU job (tools/gpu_run.py) on this CPU, at the venv's torch: every chapter at smoke
 ## under --strict-device and nbval, the benchmarks at tiny sizes; results in _build/gpu-rehearsal
