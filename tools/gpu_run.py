@@ -136,14 +136,13 @@ def kernel_torch(job: Job, runs: Path, stems: list[str]) -> None:
     floor``), the chapters execute at the torch floor and not at some other install's torch."""
     import torch
 
+    from gdlab.book.records import read_records
+
     want = torch.__version__
     found = {}
     for stem in stems:
-        path = runs / "_build" / "claims" / f"{stem}.json"
-        try:
-            found[stem] = (json.loads(path.read_text())[0].get("versions") or {}).get("torch")
-        except (OSError, ValueError, IndexError, AttributeError):
-            found[stem] = None
+        records = read_records(runs, stem)
+        found[stem] = (records[0].get("versions") or {}).get("torch") if records else None
     wrong = {stem: v for stem, v in found.items() if v != want}
     entry = {"stage": "kernel-torch", "command": f"records made at torch {want}", "projected_s": 0,
              "outcome": "ok" if not wrong else f"wrong torch {wrong}", "wall_s": 0.0}
