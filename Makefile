@@ -36,19 +36,27 @@ $(STAMP): pyproject.toml requirements.txt requirements-nodeps.txt
 book: venv
 	$(BIN)/gdlab book --profile quick
 
-## test: what CI runs (`.ci/run`); exits non-zero on any failure or failed claim. First two jobs at
-## once: the unit tests (torch's threads) and, one thread, the floor: at the lowest torch
-## pyproject.toml allows, the GPU job's rehearsal (every chapter at smoke under --strict-device and
-## re-run under nbval, which must give identical outputs; tiny benchmarks) and the library's unit
-## tests. Then every chapter at quick, two at a time with one thread each, longest first, and the
-## HTML with warnings as errors; the claims of every chapter; and the browser check of the built
-## book.
-JOBS ?= 2
+## test: what CI runs (`.ci/run`); exits non-zero on any failure or failed claim. One pool of
+## two one-thread jobs, longest first, so that neither core waits for a phase to end: the unit
+## tests; the floor (at the lowest torch pyproject.toml allows: the GPU job's rehearsal, i.e. every
+## chapter at smoke under --strict-device and re-run under nbval, which must give identical
+## outputs, and tiny benchmarks; then the library's unit tests); and every chapter at quick
+## (`ci-quick-NN`). -k runs every job even after one fails, so that one run reports every failure.
+## Then the HTML from those runs with warnings as errors (`gdlab book --executed` refuses a
+## missing, stale or failed run), the claims of every chapter, and the browser check of the book.
+## CHAPTERS_BY_TIME: the chapters, longest quick run first (measured in CI).
+CHAPTERS_BY_TIME := 05-prompt-gradient-descent 03-double-descent 01-icl-as-gd 04-sgd-stability 02-implicit-regularization
 test: venv
-	$(MAKE) -j2 --output-sync=target unit floor
-	$(BIN)/gdlab book --profile quick --jobs $(JOBS)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(MAKE) -k -j2 --output-sync=target unit floor \
+	  $(addprefix ci-quick-,$(CHAPTERS_BY_TIME))
+	$(BIN)/gdlab book --profile quick --executed
 	$(BIN)/gdlab claims
 	$(MAKE) browser
+
+## ci-quick-NN-name: one chapter at quick on one thread, as `make test` runs it
+ci-quick-%: venv
+	@test -f book/$*.md || { echo "no chapter book/$*.md (CHAPTERS_BY_TIME in the Makefile)"; exit 2; }
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 GDLAB_PROGRESS=0 $(BIN)/gdlab run $* --profile quick --no-progress
 
 ## quick-NN-name: one chapter at the quick profile; `gdlab book --executed` then builds the HTML
 ## from such runs without executing anything

@@ -26,3 +26,14 @@ def test_ci_runs_make_test_and_pages_deploys_the_html():
     assert any(u.startswith("actions/deploy-pages") for u in uses)
     assert "make test" in (ROOT / ".ci/run").read_text()
     assert "make book" in (ROOT / "README.md").read_text() and "make test" in (ROOT / "README.md").read_text()
+
+
+def test_make_test_executes_every_chapter_of_the_book():
+    """`make test` executes the chapters listed in the Makefile's CHAPTERS_BY_TIME: exactly the
+    chapters of the book, each once (a chapter missing from it would make `gdlab book --executed`
+    fail, but this names the cause)."""
+    makefile = (ROOT / "Makefile").read_text().splitlines()
+    line = next(ln for ln in makefile if ln.startswith("CHAPTERS_BY_TIME :="))
+    listed = line.split(":=", 1)[1].split()
+    chapters = sorted(p.stem for p in (ROOT / "book").glob("[0-9][0-9]-*.md"))
+    assert sorted(listed) == chapters and len(set(listed)) == len(listed)
