@@ -639,15 +639,12 @@ class BatchedOptimizer:
         if self.kind == "sgd":
             # torch.optim.SGD: g <- g + wd theta; buf <- mu buf + g; theta <- theta - lr buf
             # (Nesterov: theta <- theta - lr (g + mu buf)). Masked entries have zero gradient and stay zero.
+            # (each line one fused op per tensor: addcmul(a, b, c) = a + b c, the same products)
             if self.use_wd:
-                grads = torch._foreach_add(grads, torch._foreach_mul(flat, self.wd))
-            torch._foreach_mul_(self.buffers, self.mom)
-            torch._foreach_add_(self.buffers, grads)
-            if self.nesterov:
-                upd = torch._foreach_add(grads, torch._foreach_mul(self.buffers, self.mom))
-                torch._foreach_sub_(flat, torch._foreach_mul(upd, self.lr))
-            else:
-                torch._foreach_sub_(flat, torch._foreach_mul(self.buffers, self.lr))
+                grads = torch._foreach_addcmul(grads, flat, self.wd)
+            self.buffers = torch._foreach_addcmul(grads, self.buffers, self.mom)
+            upd = torch._foreach_addcmul(grads, self.buffers, self.mom) if self.nesterov else self.buffers
+            torch._foreach_addcmul_(flat, upd, self.lr, value=-1)
             return
         # torch.optim.Adam / AdamW: m <- b1 m + (1-b1) g; v <- b2 v + (1-b2) g^2;
         # theta <- theta - lr/(1-b1^t) m / (sqrt(v)/sqrt(1-b2^t) + eps)
@@ -799,6 +796,7 @@ def train_group(family, points: Sequence, keys: Sequence[str], data, device: tor
         record(0)
 
     record_at = set(p0.eval_epochs())
+    by_hand = getattr(model, "loss_grads", None)
     last_save = time.monotonic()
     for epoch in range(start + 1, p0.epochs + 1):
         if data.tensors:
@@ -806,8 +804,11 @@ def train_group(family, points: Sequence, keys: Sequence[str], data, device: tor
             order = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)  # (M, n)
             for s in range(0, n, B):
                 idx = order[:, s:s + B]
-                loss = model.loss(flat, x[idx], y_train[rows, idx], shared=False).sum()
-                opt.step(_masked(torch.autograd.grad(loss, flat), model.masks))
+                if by_hand is not None:  # a family's own backward (the MLP's), else autograd
+                    grads = by_hand(flat, x[idx], y_train[rows, idx])
+                else:
+                    grads = torch.autograd.grad(model.loss(flat, x[idx], y_train[rows, idx], shared=False).sum(), flat)
+                opt.step(_masked(grads, model.masks))
         else:
             for xb, yb in _loader_epoch(data.train_loader, epoch):
                 loss = model.loss(flat, fdt(xb), yb.to(device), shared=True).sum()
