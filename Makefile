@@ -18,7 +18,7 @@ FLOOR_VERSION := $(shell sed -n 's/^ *"torch>=\([0-9][0-9.]*\)".*/\1/p' pyprojec
 FLOOR_VENV    ?= .venv-floor
 FLOOR_STAMP   := $(FLOOR_VENV)/.installed-$(FLOOR_VERSION)
 
-.PHONY: venv book test unit floor chapters paper html claims clean browser chromium rehearsal gpu
+.PHONY: venv book test unit floor floor-rehearsal floor-unit unit-slow chapters paper html claims clean browser chromium rehearsal gpu
 
 venv: $(STAMP)
 
@@ -36,19 +36,22 @@ $(STAMP): pyproject.toml requirements.txt requirements-nodeps.txt
 book: venv
 	$(BIN)/gdlab book --profile quick
 
-## test: what CI runs (`.ci/run`); exits non-zero on any failure or failed claim. One pool of
-## two one-thread jobs, longest first, so that neither core waits for a phase to end: the unit
-## tests; the floor (at the lowest torch pyproject.toml allows: the GPU job's rehearsal, i.e. every
-## chapter at smoke under --strict-device and re-run under nbval, which must give identical
-## outputs, and tiny benchmarks; then the library's unit tests); and every chapter at quick
-## (`ci-quick-NN`). -k runs every job even after one fails, so that one run reports every failure.
-## Then the HTML from those runs with warnings as errors (`gdlab book --executed` refuses a
-## missing, stale or failed run), the claims of every chapter, and the browser check of the book.
+## test: what CI runs (`.ci/run`); exits non-zero on any failure or failed claim. Each torch is
+## tested once. The floor (the lowest torch pyproject.toml allows: Colab's and the GPU machine's)
+## runs the unit tests and the GPU job's rehearsal: every chapter at smoke under --strict-device,
+## re-run under nbval, which must give identical outputs, and tiny benchmarks. The venv's torch
+## executes every chapter at quick and judges its claims, and runs the two slow unit tests that
+## build fresh venvs. These are one pool of two one-thread jobs, longest first (floor-unit,
+## floor-rehearsal, ci-quick-NN, unit-slow), so that neither core waits for a phase to end; -k
+## runs every job after a failure, so that one run reports every failure. Then the HTML from
+## those runs with warnings as errors (`gdlab book --executed` refuses a missing, stale or failed
+## run), the claims of every chapter, and the browser check of the book.
 ## CHAPTERS_BY_TIME: the chapters, longest quick run first (measured in CI).
 CHAPTERS_BY_TIME := 05-prompt-gradient-descent 03-double-descent 01-icl-as-gd 04-sgd-stability 02-implicit-regularization
 test: venv
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(MAKE) -k -j2 --output-sync=target unit floor \
-	  $(addprefix ci-quick-,$(CHAPTERS_BY_TIME))
+	$(MAKE) --no-print-directory $(FLOOR_STAMP)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(MAKE) -k -j2 --output-sync=target floor-unit floor-rehearsal \
+	  $(addprefix ci-quick-,$(CHAPTERS_BY_TIME)) unit-slow
 	$(BIN)/gdlab book --profile quick --executed
 	$(BIN)/gdlab claims
 	$(MAKE) browser
@@ -68,24 +71,30 @@ unit: venv
 
 ## floor: at the torch floor, e.g. torch==2.11 (Colab's torch, and the GPU machine's), on one thread:
 ## the rehearsal (below: every chapter under --strict-device and nbval, and a stage that checks that
-## each chapter's kernel really ran that torch), then the library's unit tests (not the pipeline's)
+## each chapter's kernel really ran that torch), and the unit tests (`make unit` runs them at the
+## venv's torch)
 $(FLOOR_STAMP): pyproject.toml $(STAMP)
 	test -n "$(FLOOR_VERSION)" || { echo "no torch>=X floor in pyproject.toml"; exit 1; }
 	test -x $(FLOOR_VENV)/bin/python || $(BIN)/python -m venv $(FLOOR_VENV)
 	$(FLOOR_VENV)/bin/python -m pip install -q --no-compile "torch==$(FLOOR_VERSION)" $(TORCH_INDEX)
 	echo "import site; site.addsitedir('$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
 	  > "$$($(FLOOR_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_gdlab_main_venv.pth"
-	touch $@
-
-# (the venv is made inside the recipe, not as a prerequisite: under `make -j2 test` a prerequisite
-# job let make start the next chapter in its slot and leave the floor's own recipe to the end)
-floor: venv
-	$(MAKE) --no-print-directory $(FLOOR_STAMP)
 	$(FLOOR_VENV)/bin/python -c "import torch; v = torch.__version__.split('+')[0]; \
 	  assert v.startswith('$(FLOOR_VERSION)'), f'torch {v} is not the floor $(FLOOR_VERSION)'; print('torch floor', v)"
+	touch $@
+
+floor: floor-rehearsal floor-unit
+
+floor-rehearsal: $(FLOOR_STAMP)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(FLOOR_VENV)/bin/python tools/gpu_run.py --rehearsal --out _build/gpu-rehearsal
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH=src $(FLOOR_VENV)/bin/python -m pytest -q tests -m "not slow" \
-	  --ignore=tests/test_book.py --ignore=tests/test_workflows.py --ignore=tests/test_colab.py
+
+# (not the two `slow` tests that build fresh venvs: they install the running torch there, and
+# PyPI's 2.11 build conflicts with pip's constraints here; `unit-slow` runs them at the venv's torch)
+floor-unit: $(FLOOR_STAMP)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH=src $(FLOOR_VENV)/bin/python -m pytest -q tests -m "not slow"
+
+unit-slow: venv
+	$(BIN)/python -m pytest -q tests -m slow
 
 ## rehearsal: the GPU job (tools/gpu_run.py) on this CPU, at the venv's torch: every chapter at smoke
 ## under --strict-device and nbval, the benchmarks at tiny sizes; results in _build/gpu-rehearsal
