@@ -18,7 +18,7 @@ FLOOR_VERSION := $(shell sed -n 's/^ *"torch>=\([0-9][0-9.]*\)".*/\1/p' pyprojec
 FLOOR_VENV    ?= .venv-floor
 FLOOR_STAMP   := $(FLOOR_VENV)/.installed-$(FLOOR_VERSION)
 
-.PHONY: venv book test unit floor floor-rehearsal floor-unit unit-slow chapters paper html claims clean browser chromium rehearsal gpu
+.PHONY: venv book test unit floor floor-rehearsal floor-unit unit-slow book-from-runs chapters paper html claims clean browser chromium rehearsal gpu
 
 venv: $(STAMP)
 
@@ -40,18 +40,23 @@ book: venv
 ## tested once. The floor (the lowest torch pyproject.toml allows: Colab's and the GPU machine's)
 ## runs the unit tests and the GPU job's rehearsal: every chapter at smoke under --strict-device,
 ## re-run under nbval, which must give identical outputs, and tiny benchmarks. The venv's torch
-## executes every chapter at quick and judges its claims, and runs the two slow unit tests that
-## build fresh venvs. These are one pool of two one-thread jobs, longest first (floor-unit,
-## floor-rehearsal, ci-quick-NN, unit-slow), so that neither core waits for a phase to end; -k
-## runs every job after a failure, so that one run reports every failure. Then the HTML from
-## those runs with warnings as errors (`gdlab book --executed` refuses a missing, stale or failed
-## run), the claims of every chapter, and the browser check of the book.
+## executes every chapter at quick and judges its claims. These are one pool of two one-thread
+## jobs, longest first (floor-unit, floor-rehearsal, ci-quick-NN), so that neither core waits for
+## a phase to end; -k runs every job after a failure, so that one run reports every failure. Then,
+## on one core, the HTML from those runs with warnings as errors (`gdlab book --executed` refuses a
+## missing, stale or failed run), the claims of every chapter and the browser check of the book,
+## and on the other the two slow unit tests that build fresh venvs, at the venv's torch.
 ## CHAPTERS_BY_TIME: the chapters, longest quick run first (measured in CI).
 CHAPTERS_BY_TIME := 05-prompt-gradient-descent 03-double-descent 01-icl-as-gd 04-sgd-stability 02-implicit-regularization
 test: venv
 	$(MAKE) --no-print-directory $(FLOOR_STAMP)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(MAKE) -k -j2 --output-sync=target floor-unit floor-rehearsal \
-	  $(addprefix ci-quick-,$(CHAPTERS_BY_TIME)) unit-slow
+	  $(addprefix ci-quick-,$(CHAPTERS_BY_TIME))
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(MAKE) -k -j2 --output-sync=target unit-slow book-from-runs
+
+## book-from-runs: the HTML from the chapters' latest quick runs (strict), every claim, and the
+## browser check: one after the other, on one core (make test runs unit-slow on the other)
+book-from-runs: venv
 	$(BIN)/gdlab book --profile quick --executed
 	$(BIN)/gdlab claims
 	$(MAKE) browser
