@@ -41,7 +41,7 @@ book: venv
 ## runs the unit tests and the GPU job's rehearsal: every chapter at smoke under --strict-device,
 ## re-run under nbval, which must give identical outputs, and tiny benchmarks. The venv's torch
 ## executes every chapter at quick and judges its claims. These are one pool of two one-thread
-## jobs, longest first (floor-unit, floor-rehearsal, ci-quick-NN), so that neither core waits for
+## jobs, longest first (floor-unit, floor-rehearsal, quick-NN), so that neither core waits for
 ## a phase to end; -k runs every job after a failure, so that one run reports every failure. Then,
 ## on one core, the HTML from those runs with warnings as errors (`gdlab book --executed` refuses a
 ## missing, stale or failed run), the claims of every chapter and the browser check of the book,
@@ -51,7 +51,7 @@ CHAPTERS_BY_TIME := 05-prompt-gradient-descent 03-double-descent 01-icl-as-gd 04
 test: venv
 	$(MAKE) --no-print-directory $(FLOOR_STAMP)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(MAKE) -k -j2 --output-sync=target floor-unit floor-rehearsal \
-	  $(addprefix ci-quick-,$(CHAPTERS_BY_TIME))
+	  $(addprefix quick-,$(CHAPTERS_BY_TIME))
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(MAKE) -k -j2 --output-sync=target unit-slow book-from-runs
 
 ## book-from-runs: the HTML from the chapters' latest quick runs (strict), every claim, and the
@@ -60,11 +60,6 @@ book-from-runs: venv
 	$(BIN)/gdlab book --profile quick --executed
 	$(BIN)/gdlab claims
 	$(MAKE) browser
-
-## ci-quick-NN-name: one chapter at quick on one thread, as `make test` runs it
-ci-quick-%: venv
-	@test -f book/$*.md || { echo "no chapter book/$*.md (CHAPTERS_BY_TIME in the Makefile)"; exit 2; }
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 GDLAB_PROGRESS=0 $(BIN)/gdlab run $* --profile quick --no-progress
 
 ## quick-NN-name: one chapter at the quick profile; `gdlab book --executed` then builds the HTML
 ## from such runs without executing anything
