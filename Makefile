@@ -16,6 +16,7 @@ STAMP  := $(VENV)/.installed
 # build, with its CUDA libraries (~3 GB, unused on a CPU).
 FLOOR_VERSION := $(shell sed -n 's/^ *"torch>=\([0-9][0-9.]*\)".*/\1/p' pyproject.toml)
 FLOOR_VENV    ?= .venv-floor
+FLOOR_TORCH   := $(FLOOR_VENV)/.torch-$(FLOOR_VERSION)
 FLOOR_STAMP   := $(FLOOR_VENV)/.installed-$(FLOOR_VERSION)
 
 .PHONY: venv book test unit floor floor-rehearsal floor-unit unit-slow book-from-runs chapters paper html claims clean browser chromium rehearsal gpu
@@ -48,7 +49,8 @@ book: venv
 ## and on the other the two slow unit tests that build fresh venvs, at the venv's torch.
 ## CHAPTERS_BY_TIME: the chapters, longest quick run first (measured in CI).
 CHAPTERS_BY_TIME := 05-prompt-gradient-descent 03-double-descent 01-icl-as-gd 04-sgd-stability 02-implicit-regularization
-test: venv
+test:
+	$(MAKE) --no-print-directory -j2 --output-sync=target venv $(FLOOR_TORCH)
 	$(MAKE) --no-print-directory $(FLOOR_STAMP)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(MAKE) -k -j2 --output-sync=target floor-unit floor-rehearsal \
 	  $(addprefix quick-,$(CHAPTERS_BY_TIME))
@@ -73,10 +75,15 @@ unit: venv
 ## the rehearsal (below: every chapter under --strict-device and nbval, and a stage that checks that
 ## each chapter's kernel really ran that torch), and the unit tests (`make unit` runs them at the
 ## venv's torch)
-$(FLOOR_STAMP): pyproject.toml $(STAMP)
+# Two steps, so that `make test` installs the floor's torch (a download of several GB from PyPI)
+# while it installs the venv: the floor venv's torch alone, then the line that adds the venv's packages.
+$(FLOOR_TORCH): pyproject.toml
 	test -n "$(FLOOR_VERSION)" || { echo "no torch>=X floor in pyproject.toml"; exit 1; }
-	test -x $(FLOOR_VENV)/bin/python || $(BIN)/python -m venv $(FLOOR_VENV)
+	test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
 	$(FLOOR_VENV)/bin/python -m pip install -q --no-compile "torch==$(FLOOR_VERSION)" $(TORCH_INDEX)
+	touch $@
+
+$(FLOOR_STAMP): $(FLOOR_TORCH) $(STAMP)
 	echo "import site; site.addsitedir('$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
 	  > "$$($(FLOOR_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_gdlab_main_venv.pth"
 	$(FLOOR_VENV)/bin/python -c "import torch; v = torch.__version__.split('+')[0]; \

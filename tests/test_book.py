@@ -24,6 +24,25 @@ def run(root, *args):
     return book.main(["run", *args, "--root", str(root), "--no-progress"])
 
 
+@pytest.fixture(scope="module")
+def _toy_run(tmp_path_factory):
+    """One default run of the toy chapter, kept and validated by nbval (`run 1 --save --validate`),
+    made once for the tests that only need a completed run to start from."""
+    root = tmp_path_factory.mktemp("toy-run") / "toybook"
+    shutil.copytree(TOY, root)
+    return root, run(root, "1", "--save", "--validate")
+
+
+@pytest.fixture()
+def toy_ran(_toy_run, tmp_path):
+    """A copy of the toy book after that run (each test may change its copy)."""
+    ran, code = _toy_run
+    assert code == 0, "the shared toy run failed"
+    root = tmp_path / "ran" / "toybook"
+    shutil.copytree(ran, root)
+    return root
+
+
 def claims_of(root):
     return json.loads((root / "_build" / "claims" / "01-toy.json").read_text())
 
@@ -92,8 +111,9 @@ def test_unknown_parameter_fails_before_execution_listing_the_parameters(toy, ca
     ("crash=True", 3, "RuntimeError: the toy chapter crashed on purpose"),
     ("die=True", 3, "DeadKernelError"),
 ])
-def test_a_run_that_does_not_complete_leaves_an_error_record(toy, capsys, flag, exit_code, cause):
-    assert run(toy, "1") == 0
+def test_a_run_that_does_not_complete_leaves_an_error_record(toy_ran, capsys, flag, exit_code, cause):
+    toy = toy_ran  # the error record replaces the completed run's records
+    assert claims_of(toy)[0]["id"] != "ERROR"
     assert run(toy, "1", "-p", flag) == exit_code
     records = claims_of(toy)
     assert records[0]["id"] == "ERROR" and cause in records[0]["error"]
@@ -134,10 +154,10 @@ def test_nbval_mismatch_exits_4_and_records_an_error(toy, capsys):
     assert code == 1 and "01-toy: ERROR (nbval" in out
 
 
-def test_missing_and_stale_records_fail_gdlab_claims(toy, capsys):
+def test_missing_and_stale_records_fail_gdlab_claims(toy, toy_ran, capsys):
     code, out = gdlab_claims(toy, capsys)
     assert code == 1 and "01-toy: MISSING" in out
-    assert run(toy, "1", "--validate") == 0
+    toy = toy_ran  # after `run 1 --save --validate`
     assert claims_of(toy)[0]["validated"] is True
     code, out = gdlab_claims(toy, capsys)
     assert code == 0 and "01-toy: OK" in out and "defaults" in out
@@ -177,12 +197,13 @@ def test_bad_command_line_fails_at_once(toy, capsys, args, message):
     assert message in capsys.readouterr().err
 
 
-def test_nbval_rerun_reproduces_outputs(toy):
-    assert run(toy, "1", "--validate") == 0
+def test_nbval_rerun_reproduces_outputs(toy_ran):
+    # the shared run was `run 1 --save --validate`, which exits 0 only if nbval's re-run matched
+    assert all(r["validated"] is True for r in claims_of(toy_ran))
 
 
-def test_nbval_detects_changed_outputs(toy):
-    assert run(toy, "1") == 0
+def test_nbval_detects_changed_outputs(toy_ran):
+    toy = toy_ran
     executed = toy / "_build" / "executed" / "01-toy.ipynb"
     nb = nbformat.read(executed, as_version=4)
     for cell in nb.cells:
@@ -194,7 +215,7 @@ def test_nbval_detects_changed_outputs(toy):
     assert not ok
 
 
-def test_nbval_compares_claim_numbers_to_ten_digits_not_to_the_last_bit(toy):
+def test_nbval_compares_claim_numbers_to_ten_digits_not_to_the_last_bit(toy_ran):
     """A last-bit difference in the claims JSON (LAPACK noise between processes) passes validation;
     a difference in the sixth digit fails it."""
     import math
@@ -204,7 +225,7 @@ def test_nbval_compares_claim_numbers_to_ten_digits_not_to_the_last_bit(toy):
     assert round_floats({"a": [0.32127751053941445, 1, "x"]}) == round_floats({"a": [0.3212775105394129, 1, "x"]})
     assert round_floats([3e-17, -1e-13]) == round_floats([5e-17, 0.0]) == [0.0, 0.0]
     assert round_floats(1.0000001) != round_floats(1.0) and round_floats(2e-12) != 0.0
-    assert run(toy, "1") == 0
+    toy = toy_ran
     executed = toy / "_build" / "executed" / "01-toy.ipynb"
     original = nbformat.read(executed, as_version=4)
 
@@ -253,8 +274,8 @@ def test_kept_notebook_holds_the_run_parameters_in_its_parameters_cell(toy):
     assert nb.metadata["gdlab"]["source_hash"] and nb.metadata["gdlab"]["params"] == {"n": 500}
 
 
-def test_kept_notebook_must_match_its_source_and_code(toy):
-    assert run(toy, "1", "--save") == 0
+def test_kept_notebook_must_match_its_source_and_code(toy_ran):
+    toy = toy_ran  # after `run 1 --save`
     kept, source = toy / "notebooks" / "01-toy.ipynb", toy / "book" / "01-toy.md"
     assert book.notebook_matches_source(kept, source, toy)[0]
     assert book.main(["book", "--committed", "--no-html", "--root", str(toy)]) == 0
@@ -375,32 +396,34 @@ def test_parallel_book_starts_the_longest_chapter_first(toy, capsys):
     assert "longest first: 02, 01" in capsys.readouterr().out
 
 
-def test_book_executed_builds_from_the_latest_runs_and_refuses_stale_or_other_ones(toy, capsys):
+def test_book_executed_builds_from_the_latest_runs_and_refuses_stale_or_other_ones(toy, toy_ran, capsys):
     """What `make test` does: `gdlab run` each chapter (as parallel make jobs), then
     `gdlab book --executed` builds the HTML from those runs without executing anything."""
     code = book.main(["book", "--root", str(toy), "--executed", "--no-html"])
     assert code == 2 and "MISSING" in capsys.readouterr().err  # no run yet
-    assert run(toy, "1", "--profile", "smoke") == 0
-    code = book.main(["book", "--root", str(toy), "--executed", "--no-html"])
-    assert code == 2 and "profile smoke" in capsys.readouterr().err  # a run at another profile
-    assert run(toy, "1") == 0
+    toy = toy_ran  # after a run at quick
     capsys.readouterr()
     assert book.main(["book", "--root", str(toy), "--executed"]) == 0
     out = capsys.readouterr().out
     assert "executing" not in out and "01-toy" in out  # nothing executed; the run's claims are shown
     assert (toy / "_build" / "html" / "01-toy.html").exists()
     source = toy / "book" / "01-toy.md"
-    source.write_text(source.read_text().replace("bins=30", "bins=31"))
+    text = source.read_text()
+    source.write_text(text.replace("bins=30", "bins=31"))
     code = book.main(["book", "--root", str(toy), "--executed", "--no-html"])
     assert code == 2 and "STALE" in capsys.readouterr().err
+    source.write_text(text)
+    assert run(toy, "1", "--profile", "smoke") == 0
+    code = book.main(["book", "--root", str(toy), "--executed", "--no-html"])
+    assert code == 2 and "profile smoke" in capsys.readouterr().err  # the latest run is at another profile
 
 
-def test_a_kept_notebook_with_an_edited_profile_runs_at_that_profile(toy):
+def test_a_kept_notebook_with_an_edited_profile_runs_at_that_profile(toy_ran):
     """What the README tells Colab readers: edit `profile` in the parameters cell and run all.
     No injected cell overrides the edit, so the claims are recorded at the edited profile."""
     from nbclient import NotebookClient
 
-    assert run(toy, "1", "--save") == 0
+    toy = toy_ran  # after `run 1 --save`
     nb = nbformat.read(toy / "notebooks" / "01-toy.ipynb", as_version=4)
     (params,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert 'profile = "quick"' in params.source
