@@ -28,6 +28,14 @@ resumes where it stopped: finished points are read back, and a group in training
 its last checkpoint (``checkpoint_every`` seconds). :mod:`gdlab.sweep.executors` runs groups in
 this process or as Ray tasks on a cluster.
 
+A model class may bring its own backward: a static method ``batched_loss_grads(params, x, y)``, defined
+on the class itself, that returns the gradients of the summed per-model mean cross-entropy of the
+stacked models (each parameter with a leading model dimension; x (M, B, ...), y (M, B)). Where the
+loss is ``F.cross_entropy`` and the data are tensors, the engine calls it instead of ``vmap`` +
+autograd (evaluation keeps ``vmap``, whose convolutions need no unfolded copy of a large batch);
+:class:`gdlab.sweep.models.CNN1d` has one (and the MNIST-1D MLP family, ``_BatchedMLP.loss_grads``).
+The tests hold each against the per-model loop.
+
 The per-model loop that this replaces, with ``torch.optim``, is :func:`gdlab.sweep.reference.train_reference`;
 the tests check that the two agree to floating-point tolerance.
 """
@@ -507,6 +515,17 @@ class _BatchedModules:
         self.masks = masks
         self.classification = None
         self._check_padding(members, data)
+        # a model class's own batched backward, defined on the class itself (a subclass may change
+        # the forward): `batched_loss_grads(params, x, y)` for the summed mean cross-entropy
+        own = type(self.template).__dict__.get("batched_loss_grads")
+        if own is not None and family.loss_fn is torch.nn.functional.cross_entropy:
+            names = self.param_names
+
+            def loss_grads(flat, xb, yb):
+                grads = own(dict(zip(names, flat)), xb, yb)
+                return [grads[n] for n in names]
+
+            self.loss_grads = loss_grads
 
     def _check_padding(self, members, data: SweepData):
         """The padded model must compute what the model built at its own width computes: outputs

@@ -229,12 +229,8 @@ class _BatchedMLP:
         out: the matrix products autograd would run, without recording a graph, which on a CPU
         costs as much as the products themselves. The engine uses it instead of autograd."""
         params = self._pairs(flat)
-        acts, h = [xb], xb
-        for j, (w, b) in enumerate(params):
-            h = torch.baddbmm(b.unsqueeze(1), h, w)
-            if j < len(params) - 1:
-                h = torch.relu(h)
-                acts.append(h)
+        acts = []
+        h = _forward(params, xb, acts)
         # d(mean cross-entropy)/d logits = (softmax - one-hot) / B
         g = torch.softmax(h, dim=-1)
         M, B = yb.shape
@@ -264,10 +260,13 @@ class _BatchedMLP:
                 "error": (torch.stack(errors).sum(0).double() / n).tolist()}
 
 
-def _forward(params, x):
-    """Batched MLP: x (M, B, in) -> logits (M, B, classes)."""
+def _forward(params, x, acts: list | None = None):
+    """Batched MLP: x (M, B, in) -> logits (M, B, classes). With ``acts``, appends the input of
+    every layer to it (x, then each hidden activation), for a backward pass."""
     h = x
     for j, (w, b) in enumerate(params):
+        if acts is not None:
+            acts.append(h)
         h = torch.baddbmm(b.unsqueeze(1), h, w)
         if j < len(params) - 1:
             h = torch.relu(h)

@@ -3,6 +3,7 @@ directly as :func:`gdlab.sweep.run`'s factory (and importable by Ray workers).""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from gdlab.runtime import check_choice, check_int
 
@@ -46,3 +47,54 @@ class CNN1d(torch.nn.Module):
         h = torch.relu(self.conv1(x.unsqueeze(1)))
         h = torch.relu(self.conv2(h))
         return self.head(h.flatten(1))
+
+    @staticmethod
+    def _batched(params, x):
+        """The forward pass as batched products over unfolded windows, channels last; returns the
+        logits and what the backward needs."""
+        w1, b1 = params["conv1.weight"], params["conv1.bias"]      # (M, W, 1, k), (M, W)
+        w2, b2 = params["conv2.weight"], params["conv2.bias"]      # (M, W, W, k), (M, W)
+        wh, bh = params["head.weight"], params["head.bias"]        # (M, C, W * L2), (M, C)
+        M, B, L = x.shape
+        W, k = w1.shape[1], w1.shape[-1]
+        pad, C = k // 2, wh.shape[1]
+        L2 = (L + 2 * pad - k) // 2 + 1
+        x1 = F.pad(x, (pad, pad)).unfold(2, k, 1).reshape(M, B * L, k)
+        h1 = torch.baddbmm(b1.unsqueeze(1), x1, w1.view(M, W, k).transpose(1, 2)).relu_()   # (M, B * L, W)
+        h1p = F.pad(h1.view(M, B, L, W), (0, 0, pad, pad))
+        x2 = torch.cat([h1p[:, :, j:j + 2 * L2 - 1:2] for j in range(k)], -1).view(M, B * L2, k * W)
+        w2k = w2.permute(0, 1, 3, 2).reshape(M, W, k * W)          # columns in (tap, input channel) order
+        h2 = torch.baddbmm(b2.unsqueeze(1), x2, w2k.transpose(1, 2)).relu_()  # (M, B * L2, W)
+        whp = wh.view(M, C, W, L2).transpose(2, 3).reshape(M, C, L2 * W)  # the head's inputs channels last
+        h2f = h2.view(M, B, L2 * W)
+        return torch.baddbmm(bh.unsqueeze(1), h2f, whp.transpose(1, 2)), (x1, h1, x2, w2k, h2, whp, h2f)
+
+    @staticmethod
+    @torch.no_grad()
+    def batched_loss_grads(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The gradients of the summed per-model mean cross-entropy of M stacked CNN1d's, each on its own
+        batch: ``params`` maps each parameter name to a tensor with a leading model dimension M
+        (zero-padded to a common width), x (M, B, length), y (M, B) integer labels.
+
+        The sweep engine calls this instead of ``vmap`` + autograd where the loss is
+        ``F.cross_entropy`` (:mod:`gdlab.sweep.engine`, "a model's own backward"). Both convolutions are
+        written as batched matrix products over unfolded windows (im2col, channels last), forward and
+        backward, which on a CPU beats the grouped convolutions that ``vmap`` makes of them."""
+        logits, (x1, h1, x2, w2k, h2, whp, h2f) = CNN1d._batched(params, x)
+        M, B, L = x.shape
+        W, k = h1.shape[-1], x1.shape[-1]
+        pad, C, L2 = k // 2, whp.shape[1], h2f.shape[-1] // h1.shape[-1]
+        g = logits.softmax(-1)
+        # backward: d(mean cross-entropy)/d logits = (softmax - one-hot) / B
+        g.scatter_add_(2, y.unsqueeze(-1), torch.full_like(g[..., :1], -1.0)).div_(B)
+        d_wh = torch.bmm(g.transpose(1, 2), h2f).view(M, C, L2, W).transpose(2, 3).reshape(M, C, W * L2)
+        d_h2 = torch.ops.aten.threshold_backward(torch.bmm(g, whp).view(M, B * L2, W), h2, 0)
+        d_w2 = torch.bmm(d_h2.transpose(1, 2), x2).view(M, W, k, W).transpose(2, 3)
+        d_x2 = torch.bmm(d_h2, w2k).view(M, B, L2, k, W)
+        d_h1p = torch.zeros(M, B, L + 2 * pad, W, dtype=x.dtype, device=x.device)
+        for j in range(k):  # each window tap back to the positions it read (col2im)
+            d_h1p[:, :, j:j + 2 * L2 - 1:2] += d_x2[:, :, :, j]
+        d_h1 = torch.ops.aten.threshold_backward(d_h1p[:, :, pad:pad + L].reshape(M, B * L, W), h1, 0)
+        d_w1 = torch.bmm(d_h1.transpose(1, 2), x1).view(M, W, 1, k)
+        return {"conv1.weight": d_w1, "conv1.bias": d_h1.sum(1), "conv2.weight": d_w2, "conv2.bias": d_h2.sum(1),
+                "head.weight": d_wh, "head.bias": g.sum(1)}
