@@ -80,14 +80,17 @@ unit: venv
 $(FLOOR_TORCH): pyproject.toml
 	test -n "$(FLOOR_VERSION)" || { echo "no torch>=X floor in pyproject.toml"; exit 1; }
 	test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
+	rm -f $(FLOOR_VENV)/lib/python*/site-packages/_gdlab_main_venv.pth  # pip here must not see .venv, which may be installing
 	$(FLOOR_VENV)/bin/python -m pip install -q --no-compile "torch==$(FLOOR_VERSION)" $(TORCH_INDEX)
 	touch $@
 
 $(FLOOR_STAMP): $(FLOOR_TORCH) $(STAMP)
 	echo "import site; site.addsitedir('$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
 	  > "$$($(FLOOR_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_gdlab_main_venv.pth"
-	$(FLOOR_VENV)/bin/python -c "import torch; v = torch.__version__.split('+')[0]; \
-	  assert v.startswith('$(FLOOR_VERSION)'), f'torch {v} is not the floor $(FLOOR_VERSION)'; print('torch floor', v)"
+	$(FLOOR_VENV)/bin/python -c "import sys, torch, numpy; v = torch.__version__.split('+')[0]; \
+	  assert v.startswith('$(FLOOR_VERSION)'), f'torch {v} is not the floor $(FLOOR_VERSION)'; \
+	  assert sys.version_info[:2] == $$($(BIN)/python -c 'import sys; print(tuple(sys.version_info[:2]))'), \
+	  'the floor venv and $(VENV) have different Pythons: make clean'; print('torch floor', v)"
 	touch $@
 
 floor: floor-rehearsal floor-unit

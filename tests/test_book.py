@@ -398,7 +398,9 @@ def test_parallel_book_starts_the_longest_chapter_first(toy, capsys):
 
 def test_book_executed_builds_from_the_latest_runs_and_refuses_stale_or_other_ones(toy, toy_ran, capsys):
     """What `make test` does: `gdlab run` each chapter (as parallel make jobs), then
-    `gdlab book --executed` builds the HTML from those runs without executing anything."""
+    `gdlab book --executed` builds the HTML from those runs without executing anything. (The
+    shared run here is `run 1 --save --validate`; `make test`'s runs are plain quick runs: the
+    refusals below do not depend on validation or on a kept notebook.)"""
     code = book.main(["book", "--root", str(toy), "--executed", "--no-html"])
     assert code == 2 and "MISSING" in capsys.readouterr().err  # no run yet
     toy = toy_ran  # after a run at quick

@@ -95,36 +95,63 @@ def cnn1d(width=4):
     return CNN1d(width, length=13, out_dim=3)  # an odd length: the strided convolution's last window
 
 
-def test_cnn1d_brings_its_own_backward_equal_to_autograd_and_the_loop():
-    """gdlab's CNN1d computes the stacked models' gradients by hand (im2col products); on a padded
-    group they equal vmap + autograd's, and the trained models follow the per-model loop."""
+def test_cnn1d_brings_its_own_backward_equal_to_autograd_and_the_loop(monkeypatch):
+    """gdlab's CNN1d computes the stacked models' gradients by hand (im2col products); on padded
+    groups they equal vmap + autograd's, training uses them, and the trained models follow the
+    per-model loop."""
     from gdlab.sweep.engine import ModuleFamily, as_data
     from gdlab.sweep.models import CNN1d
 
+    for length, widths in ((13, [3, 6]), (8, [1, 2])):  # odd and even lengths; width 1
+        x, y, _, _ = mixture(n=40, n_test=20, dim=length)
+        pts = grid(width=widths, seed=[0, 1], lr=0.05, batch_size=10, epochs=1)
+        group = ModuleFamily(lambda width: CNN1d(width, length=length, out_dim=3), F.cross_entropy).batched(
+            pts, as_data((x, y)), torch.device("cpu"), torch.float64)
+        assert hasattr(group, "loss_grads")
+        g = torch.Generator().manual_seed(5)
+        idx = torch.stack([torch.randperm(40, generator=g)[:10] for _ in pts])
+        xb, yb = x[idx], y[idx]
+        auto = torch.autograd.grad(group.loss(group.params, xb, yb, shared=False).sum(), group.params)
+        for name, a, b in zip(group.param_names, auto, group.loss_grads(group.params, xb, yb)):
+            assert a.shape == b.shape and float((a - b).abs().max()) <= 1e-12 * (1 + float(a.abs().max())), name
+
     x, y, xt, yt = mixture(n=40, n_test=20, dim=13)
     points = grid(width=[3, 6], seed=[0, 1], lr=0.05, momentum=0.9, batch_size=10, epochs=2, eval_every=1)
-    group = ModuleFamily(cnn1d, F.cross_entropy).batched(points, as_data((x, y)), torch.device("cpu"),
-                                                        torch.float64)
-    assert hasattr(group, "loss_grads")
-    g = torch.Generator().manual_seed(5)
-    idx = torch.stack([torch.randperm(40, generator=g)[:10] for _ in points])
-    xb, yb = x[idx], y[idx]
-    auto = torch.autograd.grad(group.loss(group.params, xb, yb, shared=False).sum(), group.params)
-    for name, a, b in zip(group.param_names, auto, group.loss_grads(group.params, xb, yb)):
-        assert a.shape == b.shape and float((a - b).abs().max()) <= 1e-12 * (1 + float(a.abs().max())), name
+    calls = []
+    own = CNN1d.__dict__["batched_loss_grads"]
+    monkeypatch.setattr(CNN1d, "batched_loss_grads", staticmethod(lambda *a: calls.append(1) or own(*a)))
     results = sweep.run(cnn1d, F.cross_entropy, (x, y, xt, yt), points, dtype="float64", group_overhead=1e12,
                         show_progress=False)
+    assert len(calls) >= 2 * 4  # 2 epochs of 4 batches, besides the check against autograd
     for p, r in zip(points, results):
         assert_close(r, train_reference(cnn1d, F.cross_entropy, (x, y, xt, yt), p, dtype="float64"), 1e-9)
+
+
+def test_cnn1d_backward_is_not_used_where_it_would_differ_from_autograd():
+    from gdlab.sweep.engine import ModuleFamily, as_data
+    from gdlab.sweep.models import CNN1d
+
+    x, y, _, _ = mixture(n=40, n_test=20, dim=13)
+    points = grid(width=[3, 6], seed=0, lr=0.05, batch_size=10, epochs=1)
 
     class Tanh(CNN1d):  # a subclass may change the forward: it does not inherit the hand-written backward
         def forward(self, x):
             return self.head(torch.tanh(self.conv2(torch.tanh(self.conv1(x.unsqueeze(1))))).flatten(1))
 
-    for model, loss in ((lambda width: Tanh(width, length=13, out_dim=3), F.cross_entropy),
-                        (cnn1d, lambda out, t: F.cross_entropy(out, t, label_smoothing=0.1))):
-        other = ModuleFamily(model, loss).batched(points[:2], as_data((x, y)), torch.device("cpu"), torch.float64)
-        assert not hasattr(other, "loss_grads")
+    def hooked(width):  # the factory changes the instance: a forward hook doubles the outputs
+        m = cnn1d(width)
+        m.register_forward_hook(lambda mod, inp, out: 2 * out)
+        return m
+
+    soft = F.one_hot(y, 3).double() * 0.8 + 0.2 / 3  # probability targets
+    for model, loss, data in ((lambda width: Tanh(width, length=13, out_dim=3), F.cross_entropy, (x, y)),
+                              (cnn1d, lambda out, t: F.cross_entropy(out, t, label_smoothing=0.1), (x, y)),
+                              (hooked, F.cross_entropy, (x, y)),
+                              (cnn1d, F.cross_entropy, (x, soft))):
+        group = ModuleFamily(model, loss).batched(points, as_data(data), torch.device("cpu"), torch.float64)
+        assert not hasattr(group, "loss_grads")
+    results = sweep.run(cnn1d, F.cross_entropy, (x, soft), points, dtype="float64", show_progress=False)
+    assert all(r.train_loss[-1] < r.train_loss[0] for r in results)  # trains through autograd
 
 
 def test_masking_is_exact_for_any_activation_because_gradients_are_masked():

@@ -516,16 +516,20 @@ class _BatchedModules:
         self.classification = None
         self._check_padding(members, data)
         # a model class's own batched backward, defined on the class itself (a subclass may change
-        # the forward): `batched_loss_grads(params, x, y)` for the summed mean cross-entropy
+        # the forward): `batched_loss_grads(params, x, y)` for the summed mean cross-entropy of
+        # integer class labels; used only where it gives autograd's gradients on a few samples
+        # (a factory may have changed the instance: hooks, another convolution, renamed parameters)
         own = type(self.template).__dict__.get("batched_loss_grads")
-        if own is not None and family.loss_fn is torch.nn.functional.cross_entropy:
+        if (own is not None and family.loss_fn is torch.nn.functional.cross_entropy and data.tensors
+                and data.classification and int(data.y.min()) >= 0):
             names = self.param_names
 
             def loss_grads(flat, xb, yb):
                 grads = own(dict(zip(names, flat)), xb, yb)
                 return [grads[n] for n in names]
 
-            self.loss_grads = loss_grads
+            if self._agrees_with_autograd(loss_grads, data):
+                self.loss_grads = loss_grads
 
     def _check_padding(self, members, data: SweepData):
         """The padded model must compute what the model built at its own width computes: outputs
@@ -558,6 +562,25 @@ class _BatchedModules:
                     f"the group's largest model changes its outputs or gradients "
                     "(a normalization or reshape across a padded dimension?); use widths='group', which trains only "
                     "models of identical shapes together")
+
+    def _agrees_with_autograd(self, loss_grads, data: SweepData) -> bool:
+        """Whether a model's own backward gives autograd's gradients for every model of the group on
+        a few training samples (each model its own, as in training)."""
+        x, y = _sample_batch(data, 8)
+        M = len(self.points)
+        xb = x.to(self.device, self.dtype).unsqueeze(0).expand(M, *x.shape).contiguous()
+        yb = y.to(self.device).unsqueeze(0).expand(M, *y.shape).contiguous()
+        try:
+            mine = loss_grads(self.params, xb, yb)
+        except Exception:  # e.g. a parameter the class does not expect (a parametrization)
+            return False
+        auto = torch.autograd.grad(self.loss(self.params, xb, yb, shared=False).sum(), self.params, allow_unused=True)
+        tol = 1e-4 if self.dtype == torch.float32 else 1e-9
+        for a, b in zip(auto, mine):
+            a = torch.zeros_like(b) if a is None else a
+            if a.shape != b.shape or float((a - b).abs().max()) > tol * (1.0 + float(a.abs().max())):
+                return False
+        return True
 
     def state_of(self, params, m: int) -> dict[str, torch.Tensor]:
         """Model ``m``'s parameters and buffers at its own shapes, on the host (a ``state_dict``)."""

@@ -89,7 +89,7 @@ class CNN1d(torch.nn.Module):
         g.scatter_add_(2, y.unsqueeze(-1), torch.full_like(g[..., :1], -1.0)).div_(B)
         d_wh = torch.bmm(g.transpose(1, 2), h2f).view(M, C, L2, W).transpose(2, 3).reshape(M, C, W * L2)
         d_h2 = torch.ops.aten.threshold_backward(torch.bmm(g, whp).view(M, B * L2, W), h2, 0)
-        d_w2 = torch.bmm(d_h2.transpose(1, 2), x2).view(M, W, k, W).transpose(2, 3)
+        d_w2 = torch.bmm(d_h2.transpose(1, 2), x2).view(M, W, k, W).transpose(2, 3).contiguous()
         d_x2 = torch.bmm(d_h2, w2k).view(M, B, L2, k, W)
         d_h1p = torch.zeros(M, B, L + 2 * pad, W, dtype=x.dtype, device=x.device)
         for j in range(k):  # each window tap back to the positions it read (col2im)
