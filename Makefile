@@ -19,7 +19,7 @@ FLOOR_VENV    ?= .venv-floor
 FLOOR_TORCH   := $(FLOOR_VENV)/.torch-$(FLOOR_VERSION)
 FLOOR_STAMP   := $(FLOOR_VENV)/.installed-$(FLOOR_VERSION)
 
-.PHONY: venv book test unit floor floor-rehearsal floor-unit unit-slow book-from-runs chapters paper html claims clean browser chromium rehearsal gpu
+.PHONY: venv book test unit floor floor-rehearsal floor-unit unit-slow unit-slow-pool unit-slow-rest book-from-runs chapters paper html claims clean browser chromium rehearsal gpu
 
 venv: $(STAMP)
 
@@ -46,15 +46,19 @@ book: venv
 ## a phase to end; -k runs every job after a failure, so that one run reports every failure. Then,
 ## on one core, the HTML from those runs with warnings as errors (`gdlab book --executed` refuses a
 ## missing, stale or failed run), the claims of every chapter and the browser check of the book,
-## and on the other the two slow unit tests that build fresh venvs, at the venv's torch.
+## and on the other the slow unit tests at the venv's torch (the Colab install cell in a fresh venv,
+## the toy book in the browser); the third slow test (`pip install .` alone in a fresh venv) ends
+## the pool, so that both cores stay busy to the end (measured in CI: book-from-runs ~170 s, the
+## three slow tests ~250 s).
 ## CHAPTERS_BY_TIME: the chapters, longest quick run first (measured in CI).
-CHAPTERS_BY_TIME := 05-prompt-gradient-descent 03-double-descent 01-icl-as-gd 04-sgd-stability 02-implicit-regularization
+CHAPTERS_BY_TIME := 05-prompt-gradient-descent 01-icl-as-gd 03-double-descent 04-sgd-stability 02-implicit-regularization
+SLOW_IN_POOL     := tests/test_fresh_venv.py
 test:
 	$(MAKE) --no-print-directory -j2 --output-sync=target venv $(FLOOR_TORCH)
 	$(MAKE) --no-print-directory $(FLOOR_STAMP)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(MAKE) -k -j2 --output-sync=target floor-unit floor-rehearsal \
-	  $(addprefix quick-,$(CHAPTERS_BY_TIME))
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(MAKE) -k -j2 --output-sync=target unit-slow book-from-runs
+	  $(addprefix quick-,$(CHAPTERS_BY_TIME)) unit-slow-pool
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(MAKE) -k -j2 --output-sync=target unit-slow-rest book-from-runs
 
 ## book-from-runs: the HTML from the chapters' latest quick runs (strict), every claim, and the
 ## browser check: one after the other, on one core (make test runs unit-slow on the other)
@@ -105,6 +109,13 @@ floor-unit: $(FLOOR_STAMP)
 
 unit-slow: venv
 	$(BIN)/python -m pytest -q tests -m slow
+
+# unit-slow in two parts, for `make test`'s two phases
+unit-slow-pool: venv
+	$(BIN)/python -m pytest -q $(SLOW_IN_POOL) -m slow
+
+unit-slow-rest: venv
+	$(BIN)/python -m pytest -q tests -m slow $(addprefix --ignore=,$(SLOW_IN_POOL))
 
 ## rehearsal: the GPU job (tools/gpu_run.py) on this CPU, at the venv's torch: every chapter at smoke
 ## under --strict-device and nbval, the benchmarks at tiny sizes; results in _build/gpu-rehearsal

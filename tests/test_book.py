@@ -379,8 +379,20 @@ def test_book_runs_chapters_in_parallel_and_reports_the_worst_outcome(toy, capsy
     assert [r["status"] for r in second] == ["FAIL", "PASS"]
 
 
-def test_parallel_book_starts_the_longest_chapter_first(toy, capsys):
+def test_parallel_book_starts_the_longest_chapter_first(toy, capsys, monkeypatch):
+    """The order only: each `gdlab run` subprocess is replaced by one that does nothing (the test
+    above runs chapters in parallel for real)."""
+    import subprocess
+
     from gdlab.book import cli
+
+    started = []
+
+    def fake_run(cmd, **kwargs):
+        started.append(cmd[cmd.index("run") + 1])
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
 
     source = (toy / "book" / "01-toy.md").read_text()
     (toy / "book" / "02-toy.md").write_text(source)
@@ -392,8 +404,8 @@ def test_parallel_book_starts_the_longest_chapter_first(toy, capsys):
     assert [cli._kept_wall_time(toy, s, "quick") for s in sources] == [5.0, 50.0]
     assert [cli._kept_wall_time(toy, s, "smoke") for s in sources] == [0.0, 0.0]  # made at another profile
     assert cli._kept_wall_time(toy, toy / "book" / "09-none.md", "quick") == 0.0
-    cli._run_chapters_in_parallel(toy, sources, "quick", 0, False, False, 2)
-    assert "longest first: 02, 01" in capsys.readouterr().out
+    cli._run_chapters_in_parallel(toy, sources, "quick", 0, False, False, 1)
+    assert "longest first: 02, 01" in capsys.readouterr().out and started == ["02-toy", "01-toy"]
 
 
 def test_book_executed_builds_from_the_latest_runs_and_refuses_stale_or_other_ones(toy, toy_ran, capsys):
