@@ -61,7 +61,7 @@ test:
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(MAKE) -k -j2 --output-sync=target unit-slow-rest book-from-runs
 
 ## book-from-runs: the HTML from the chapters' latest quick runs (strict), every claim, and the
-## browser check: one after the other, on one core (make test runs unit-slow on the other)
+## browser check: one after the other, on one core (make test runs unit-slow-rest on the other)
 book-from-runs: venv
 	$(BIN)/gdlab book --profile quick --executed
 	$(BIN)/gdlab claims
