@@ -540,7 +540,6 @@ class _BatchedModules:
             return
         x, y = _sample_batch(data, 8)
         x, y = x.to(self.device, self.dtype if x.is_floating_point() else x.dtype), y.to(self.device)
-        tol = 1e-4 if self.dtype == torch.float32 else 1e-9
         for i in padded:
             own = copy.deepcopy(members[i]).to(device=self.device, dtype=self.dtype)
             own_out = own(x)
@@ -549,13 +548,10 @@ class _BatchedModules:
             buffers = {n: b[i] for n, b in self.buffers.items()}
             out = functional_call(self.template, (params, buffers), (x,))
             grads = torch.autograd.grad(self.family.loss_fn(out, y), list(params.values()), allow_unused=True)
-            scale = 1.0 + float(own_out.detach().abs().max())
-            bad = out.shape != own_out.shape or float((out - own_out).detach().abs().max()) > tol * scale
+            bad = self._differs(out, own_out)
             for (n, g), og in zip(zip(self.param_names, grads), own_grads):
                 g = torch.zeros_like(params[n]) if g is None else g
-                region = g[tuple(slice(0, s) for s in og.shape)]
-                gscale = 1.0 + float(og.abs().max())
-                bad = bad or float((region - og).abs().max()) > tol * gscale
+                bad = bad or self._differs(g[tuple(slice(0, s) for s in og.shape)], og)
             if bad:
                 raise ValueError(
                     f"parameter 'widths': padding the model {self.points[i].model} with zeros to the shapes of "
@@ -575,12 +571,16 @@ class _BatchedModules:
         except Exception:  # e.g. a parameter the class does not expect (a parametrization)
             return False
         auto = torch.autograd.grad(self.loss(self.params, xb, yb, shared=False).sum(), self.params, allow_unused=True)
+        return not any(self._differs(b, torch.zeros_like(b) if a is None else a) for a, b in zip(auto, mine))
+
+    def _differs(self, got: torch.Tensor, want: torch.Tensor) -> bool:
+        """Whether ``got`` is not ``want``: another shape, or a largest difference above 1e-4 (float32;
+        1e-9 otherwise) times 1 + the largest magnitude in ``want``. The engine's checks of a padded
+        model and of a model's own backward."""
         tol = 1e-4 if self.dtype == torch.float32 else 1e-9
-        for a, b in zip(auto, mine):
-            a = torch.zeros_like(b) if a is None else a
-            if a.shape != b.shape or float((a - b).abs().max()) > tol * (1.0 + float(a.abs().max())):
-                return False
-        return True
+        want = want.detach()
+        return (got.shape != want.shape
+                or float((got.detach() - want).abs().max()) > tol * (1.0 + float(want.abs().max())))
 
     def state_of(self, params, m: int) -> dict[str, torch.Tensor]:
         """Model ``m``'s parameters and buffers at its own shapes, on the host (a ``state_dict``)."""

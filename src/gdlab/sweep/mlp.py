@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from gdlab.data import label_noise
 from gdlab.runtime import check_float, check_int, pick_device, pick_dtype
 from gdlab.sweep.engine import SweepData, as_data
+from gdlab.sweep.models import _mean_cross_entropy_grad
 from gdlab.sweep.store import ENGINE_VERSION, Store, spec_key
 
 __all__ = [
@@ -211,7 +212,6 @@ class _BatchedMLP:
         self.params = [t for pair in params for t in pair]
         self.masks = [None] * len(self.params)  # ReLU: padded units get zero gradient by themselves
         self.M = M
-        self._minus_one = None  # (M, B, 1) of -1, for the one-hot in loss_grads
 
     def _pairs(self, flat):
         return list(zip(flat[0::2], flat[1::2]))
@@ -231,12 +231,7 @@ class _BatchedMLP:
         params = self._pairs(flat)
         acts = []
         h = _forward(params, xb, acts)
-        # d(mean cross-entropy)/d logits = (softmax - one-hot) / B
-        g = torch.softmax(h, dim=-1)
-        M, B = yb.shape
-        if self._minus_one is None or self._minus_one.shape[1] < B:
-            self._minus_one = torch.full((M, B, 1), -1.0, dtype=g.dtype, device=g.device)
-        g.scatter_add_(2, yb.unsqueeze(-1), self._minus_one[:, :B]).div_(B)
+        g = _mean_cross_entropy_grad(h, yb)
         grads = [None] * len(flat)
         for j in range(len(params) - 1, -1, -1):
             grads[2 * j] = torch.bmm(acts[j].transpose(1, 2), g)

@@ -32,6 +32,14 @@ class MLP(torch.nn.Module):
         return self.net(x)
 
 
+def _mean_cross_entropy_grad(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """d(summed per-model mean cross-entropy)/d logits of M stacked models, each on its own batch:
+    (softmax - one-hot) / B, for logits (M, B, classes) and integer labels y (M, B). Where a
+    model's own batched backward starts (CNN1d's, and the MNIST-1D MLP family's)."""
+    g = logits.softmax(-1)
+    return g.scatter_add_(2, y.unsqueeze(-1), torch.full_like(g[..., :1], -1.0)).div_(y.shape[1])
+
+
 class CNN1d(torch.nn.Module):
     """A small 1-D CNN for signals (n, length) such as MNIST-1D: two convolutions of ``width``
     channels (kernel 5, the second with stride 2), ReLU, and a linear read-out."""
@@ -84,9 +92,7 @@ class CNN1d(torch.nn.Module):
         M, B, L = x.shape
         W, k = h1.shape[-1], x1.shape[-1]
         pad, C, L2 = k // 2, whp.shape[1], h2f.shape[-1] // h1.shape[-1]
-        g = logits.softmax(-1)
-        # backward: d(mean cross-entropy)/d logits = (softmax - one-hot) / B
-        g.scatter_add_(2, y.unsqueeze(-1), torch.full_like(g[..., :1], -1.0)).div_(B)
+        g = _mean_cross_entropy_grad(logits, y)
         d_wh = torch.bmm(g.transpose(1, 2), h2f).view(M, C, L2, W).transpose(2, 3).reshape(M, C, W * L2)
         d_h2 = torch.ops.aten.threshold_backward(torch.bmm(g, whp).view(M, B * L2, W), h2, 0)
         d_w2 = torch.bmm(d_h2.transpose(1, 2), x2).view(M, W, k, W).transpose(2, 3).contiguous()
