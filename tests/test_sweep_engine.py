@@ -290,3 +290,55 @@ def test_return_state_gives_the_trained_models_and_stores_them(tmp_path):
         assert all(torch.allclose(a.state[k], b.state[k], rtol=0, atol=1e-12) for k in a.state)
     no_state = sweep.run(CNN, F.cross_entropy, data, points, dtype="float64", store=tmp_path, show_progress=False)
     assert no_state[0].state is None
+
+
+def test_evaluation_chunks_follow_the_group_size_and_do_not_change_the_metrics():
+    """Evaluation runs in chunks sized by the group's largest activation (models x samples x
+    floats within a budget), and the chunking changes no error and no loss beyond rounding."""
+    from gdlab.sweep.engine import EVAL_BUDGET, ModuleFamily, as_data, eval_chunk
+
+    assert eval_chunk(1, 1) == 4096 and eval_chunk(1000, 10_000) == 256
+    assert eval_chunk(2, 1280) == 512  # two CNN1d's of width 32 on MNIST-1D: 2 x 512 x 1280 floats
+    for models, floats in ((1, 40), (2, 300), (16, 104), (6, 160)):
+        chunk = eval_chunk(models, floats)
+        assert chunk & (chunk - 1) == 0 and 256 <= chunk <= 4096
+        assert models * chunk * floats <= EVAL_BUDGET or chunk == 256
+        assert chunk == 4096 or models * 2 * chunk * floats > EVAL_BUDGET  # the largest that fits
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="models"):
+            eval_chunk(bad, 10)
+
+    x, y, xt, yt = mixture(n=300, n_test=50)
+    pts = grid(width=[3, 12], seed=[0, 1], lr=0.05, batch_size=10, epochs=1)
+    group = ModuleFamily(CNN, F.cross_entropy).batched(pts, as_data((x, y)), torch.device("cpu"), torch.float64)
+    assert group.eval_chunk == eval_chunk(4, 12 * 12)  # the largest output per sample: conv(12) over 12 positions
+    labels = y.unsqueeze(0).expand(len(pts), -1)
+    whole = group.evaluate(group.params, x, labels, per_model=True, chunk=4096)
+    for chunk in (7, 64, None):
+        part = group.evaluate(group.params, x, labels, per_model=True, chunk=chunk)
+        assert part["error"] == whole["error"]
+        assert max(abs(a - b) for a, b in zip(part["loss"], whole["loss"])) <= 1e-12
+
+
+def test_building_a_group_leaves_the_cached_models_and_code_ids_as_they_were(monkeypatch):
+    """The group is stacked from the family's cached host models, cast and moved without changing
+    them, and the source of the factory and the loss is read once per family."""
+    from gdlab.sweep import engine
+    from gdlab.sweep.engine import ModuleFamily, as_data
+
+    data = as_data(mixture(dtype=torch.float32)[:2])
+    family = ModuleFamily(CNN, F.cross_entropy)
+    for widths in ([4, 4], [2, 4]):  # one architecture (stack_module_state), and padded
+        pts = grid(width=widths, seed=[0, 1], lr=0.05, batch_size=10, epochs=1)[::2]
+        before = [{k: v.clone() for k, v in family.build(p).state_dict().items()} for p in pts]
+        group = family.batched(pts, data, torch.device("cpu"), torch.float64)
+        assert all(t.dtype == torch.float64 for t in group.params)
+        for p, was in zip(pts, before):
+            now = family.build(p).state_dict()
+            assert all(now[k].dtype == torch.float32 and torch.equal(now[k], v) for k, v in was.items())
+    calls, real = [], engine._code_id
+    monkeypatch.setattr(engine, "_code_id", lambda obj: calls.append(obj) or real(obj))
+    specs = [family.spec(p) for p in grid(width=[2, 3, 4], seed=[0, 1], lr=0.05, batch_size=10, epochs=1)]
+    assert calls == [CNN, F.cross_entropy]  # the factory (here the class itself) and the loss, once each
+    assert specs[0]["model"]["factory"] == real(CNN) and specs[-1]["loss"] == real(F.cross_entropy)
+    assert {s["model"]["class"] for s in specs} == {real(CNN)}

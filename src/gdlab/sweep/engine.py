@@ -32,7 +32,7 @@ A model class may bring its own backward: a static method ``batched_loss_grads(p
 on the class itself, that returns the gradients of the summed per-model mean cross-entropy of the
 stacked models (each parameter with a leading model dimension; x (M, B, ...), y (M, B)). Where the
 loss is ``F.cross_entropy`` and the data are tensors, the engine calls it instead of ``vmap`` +
-autograd (evaluation keeps ``vmap``, whose convolutions need no unfolded copy of a large batch);
+autograd (evaluation keeps ``vmap``, whose convolutions need no unfolded copy of a batch);
 :class:`gdlab.sweep.models.CNN1d` has one (and the MNIST-1D MLP family, ``_BatchedMLP.loss_grads``).
 The tests hold each against the per-model loop.
 
@@ -42,7 +42,6 @@ the tests check that the two agree to floating-point tolerance.
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import inspect
 import itertools
@@ -71,6 +70,7 @@ __all__ = [
     "plan_groups",
     "group_id",
     "train_group",
+    "eval_chunk",
     "save_payload",
     "load_payload",
 ]
@@ -393,9 +393,10 @@ class ModuleFamily:
         self.return_state = bool(return_state)
         self._built: dict[str, torch.nn.Module] = {}
         self._flops: dict[str, float] = {}
+        self._code_ids: dict[int, tuple[Any, str]] = {}
 
-    def __getstate__(self):  # models are rebuilt where they are used (a Ray worker)
-        return {**self.__dict__, "_built": {}}
+    def __getstate__(self):  # models and code ids are made again where they are used (a Ray worker)
+        return {**self.__dict__, "_built": {}, "_code_ids": {}}
 
     # ---- building
     def build(self, point: Point) -> torch.nn.Module:
@@ -443,12 +444,22 @@ class ModuleFamily:
             self._flops[key] = flops or float(sum(p.numel() for p in m.parameters()))
         return self._flops[key]
 
+    def _code_id(self, obj) -> str:
+        """:func:`_code_id`, once per object for the family's life: reading a function's source
+        back (``inspect.getsource``) takes milliseconds, and ``spec`` asks for it several times
+        per point. Kept with the object itself, so that an id is never reused for another."""
+        kept = self._code_ids.get(id(obj))
+        if kept is None or kept[0] is not obj:
+            kept = self._code_ids[id(obj)] = (obj, _code_id(obj))
+        return kept[1]
+
     def spec(self, point: Point) -> dict:
         m = self.build(point)
         init = tensor_fingerprint(*[t for _, t in sorted(m.state_dict().items())])
+        code = self._code_id
         return {"kind": self.kind, "point": point.to_dict(), "tag": self.tag,
-                "model": {"factory": _code_id(self.factory), "class": _code_id(type(m)), "repr": repr(m), "init": init},
-                "loss": _code_id(self.loss_fn), "metrics": {k: _code_id(f) for k, f in sorted(self.metrics.items())}}
+                "model": {"factory": code(self.factory), "class": code(type(m)), "repr": repr(m), "init": init},
+                "loss": code(self.loss_fn), "metrics": {k: code(f) for k, f in sorted(self.metrics.items())}}
 
     def result(self, point: Point, key: str, payload: dict) -> Result:
         return Result(point, key, list(payload["epochs"]), {k: list(v) for k, v in payload["metrics"].items()},
@@ -493,10 +504,11 @@ class _BatchedModules:
         self.buffer_names = [n for n, _ in self.template.named_buffers()]
         members = [family.build(p) for p in self.points]
         if all(family.shapes(p) == family.shapes(big) for p in self.points):
-            # one architecture: torch.func's own stacking
-            stacked, buffers = stack_module_state([copy.deepcopy(m).to(device=device, dtype=dtype) for m in members])
-            self.params = [stacked[n].detach().requires_grad_() for n in self.param_names]
-            self.buffers = {n: buffers[n] for n in self.buffer_names}
+            # one architecture: torch.func's own stacking, of the cached host models (which it reads
+            # and leaves as they are), then on the device in the dtype, as Module.to would
+            stacked, buffers = stack_module_state(members)
+            self.params = [_to(stacked[n].detach(), device, dtype).requires_grad_() for n in self.param_names]
+            self.buffers = {n: _to(buffers[n], device, dtype) for n in self.buffer_names}
         else:  # widths by masking: every model zero-padded to the largest one's shapes
             states = [_padded_state(m, shapes, device, dtype) for m in members]
             self.params = [torch.stack([s[n] for s in states]).requires_grad_() for n in self.param_names]
@@ -515,6 +527,7 @@ class _BatchedModules:
         self.masks = masks
         self.classification = None
         self._check_padding(members, data)
+        self.eval_chunk = eval_chunk(len(self.points), self._floats_per_sample(data))
         # a model class's own batched backward, defined on the class itself (a subclass may change
         # the forward): `batched_loss_grads(params, x, y)` for the summed mean cross-entropy of
         # integer class labels; used only where it gives autograd's gradients on a few samples
@@ -540,10 +553,12 @@ class _BatchedModules:
             return
         x, y = _sample_batch(data, 8)
         x, y = x.to(self.device, self.dtype if x.is_floating_point() else x.dtype), y.to(self.device)
-        for i in padded:
-            own = copy.deepcopy(members[i]).to(device=self.device, dtype=self.dtype)
-            own_out = own(x)
-            own_grads = torch.autograd.grad(self.family.loss_fn(own_out, y), list(own.parameters()))
+        for i in padded:  # the member at its own width, on the device in the dtype (the cached model unchanged)
+            own = {n: _to(t.detach(), self.device, self.dtype).clone().requires_grad_(t.requires_grad)
+                   for n, t in itertools.chain(members[i].named_parameters(), members[i].named_buffers())}
+            own_out = functional_call(members[i], own, (x,))
+            own_params = [own[n] for n, _ in members[i].named_parameters()]
+            own_grads = torch.autograd.grad(self.family.loss_fn(own_out, y), own_params)
             params = {n: p[i].detach().clone().requires_grad_() for n, p in zip(self.param_names, self.params)}
             buffers = {n: b[i] for n, b in self.buffers.items()}
             out = functional_call(self.template, (params, buffers), (x,))
@@ -558,6 +573,29 @@ class _BatchedModules:
                     f"the group's largest model changes its outputs or gradients "
                     "(a normalization or reshape across a padded dimension?); use widths='group', which trains only "
                     "models of identical shapes together")
+
+    def _floats_per_sample(self, data: SweepData) -> int:
+        """The largest input or submodule output of the group's largest model, per sample, on a few
+        training samples in eval mode (with no gradient: no state changes): what sizes the
+        evaluation chunks."""
+        x, _ = _sample_batch(data, 8)
+        x = x.to(self.device, self.dtype if x.is_floating_point() else x.dtype)
+        sizes = [x[0].numel()]
+
+        def note(module, inputs, out):
+            if isinstance(out, torch.Tensor):
+                sizes.append(out.numel() // x.shape[0])
+
+        hooks = [m.register_forward_hook(note) for m in self.template.modules()]
+        try:
+            self.template.eval()
+            with torch.no_grad():
+                self.template(x)
+        finally:
+            for h in hooks:
+                h.remove()
+            self.template.train()
+        return max(sizes)
 
     def _agrees_with_autograd(self, loss_grads, data: SweepData) -> bool:
         """Whether a model's own backward gives autograd's gradients for every model of the group on
@@ -601,10 +639,12 @@ class _BatchedModules:
         return vmap(self.family.loss_fn, in_dims=(0, None if shared else 0))(out, yb)
 
     @torch.no_grad()
-    def evaluate(self, params, x, y, per_model: bool, chunk: int = 4096) -> dict[str, list[float]]:
+    def evaluate(self, params, x, y, per_model: bool, chunk: int | None = None) -> dict[str, list[float]]:
         """Mean loss, error (classification: argmax of 2-D outputs against integer labels) and
         custom metrics of every model on ``x`` (n, ...); ``y`` is (n, ...) shared or, with
-        ``per_model``, (M, n, ...) (each model's own noisy labels)."""
+        ``per_model``, (M, n, ...) (each model's own noisy labels). ``chunk``: samples per batched
+        forward pass (default: :func:`eval_chunk` for the group)."""
+        chunk = chunk or self.eval_chunk
         self.template.eval()
         fns = {"loss": self.family.loss_fn, **self.family.metrics}
         sums: dict[str, torch.Tensor] = {}
@@ -623,11 +663,16 @@ class _BatchedModules:
         return {k: (v / n).tolist() for k, v in sums.items()}
 
 
+def _to(t: torch.Tensor, device, dtype) -> torch.Tensor:
+    """``t`` on ``device``, in ``dtype`` if it is floating point (what ``Module.to`` does to it)."""
+    return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+
+
 def _padded_state(m: torch.nn.Module, shapes: dict, device, dtype) -> dict[str, torch.Tensor]:
     out = {}
     for n, t in itertools.chain(m.named_parameters(), m.named_buffers()):
         full = shapes[n]
-        t = t.detach().to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+        t = _to(t.detach(), device, dtype)
         if tuple(t.shape) == full:
             out[n] = t.clone()
         else:
@@ -642,6 +687,22 @@ def _sample_batch(data: SweepData, k: int):
         return data.x[:k], data.y[:k]
     xb, yb = next(iter(_loader_epoch(data.train_loader, 1)))
     return xb[:k], yb[:k]
+
+
+# ---------------------------------------------------------------- evaluation in chunks
+EVAL_BUDGET = 2 ** 21  # floats in the largest intermediate of one evaluation chunk (8 MB in float32)
+
+
+def eval_chunk(models: int, floats_per_sample: int, budget: int = EVAL_BUDGET) -> int:
+    """Samples per batched evaluation pass: the largest power of two from 256 to 4096 for which
+    the group's largest intermediate (``models`` x chunk x ``floats_per_sample``) stays within
+    ``budget`` floats. On a CPU a pass whose activations outgrow the caches costs several times
+    more per sample: two CNN1d's of width 32 on 4000 MNIST-1D samples took 95 ms in one pass and
+    18 ms in passes of 512 (2 threads). It depends on shapes only, so results stay deterministic."""
+    models = check_int("models", models, min=1)
+    floats_per_sample = check_int("floats_per_sample", floats_per_sample, min=1)
+    fits = max(1, budget // (models * floats_per_sample))
+    return 1 << max(8, min(12, fits.bit_length() - 1))
 
 
 # ---------------------------------------------------------------- the batched optimizer

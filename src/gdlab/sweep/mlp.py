@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from gdlab.data import label_noise
 from gdlab.runtime import check_float, check_int, pick_device, pick_dtype
-from gdlab.sweep.engine import SweepData, as_data
+from gdlab.sweep.engine import SweepData, as_data, eval_chunk
 from gdlab.sweep.models import _mean_cross_entropy_grad
 from gdlab.sweep.store import ENGINE_VERSION, Store, spec_key
 
@@ -212,6 +212,7 @@ class _BatchedMLP:
         self.params = [t for pair in params for t in pair]
         self.masks = [None] * len(self.params)  # ReLU: padded units get zero gradient by themselves
         self.M = M
+        self.eval_chunk = eval_chunk(M, max(padded))
 
     def _pairs(self, flat):
         return list(zip(flat[0::2], flat[1::2]))
@@ -241,9 +242,10 @@ class _BatchedMLP:
         return grads
 
     @torch.no_grad()
-    def evaluate(self, flat, x, y, per_model: bool, chunk: int = 4096) -> dict[str, list[float]]:
-        """Mean cross-entropy and error of every model on (x, y); y is (n,) or (M, n)."""
-        params, M = self._pairs(flat), self.M
+    def evaluate(self, flat, x, y, per_model: bool, chunk: int | None = None) -> dict[str, list[float]]:
+        """Mean cross-entropy and error of every model on (x, y); y is (n,) or (M, n); ``chunk``
+        samples per pass (default: :func:`~gdlab.sweep.engine.eval_chunk` for the group)."""
+        params, M, chunk = self._pairs(flat), self.M, chunk or self.eval_chunk
         losses, errors = [], []
         for s in range(0, x.shape[0], chunk):
             logits = _forward(params, x[s:s + chunk].unsqueeze(0).expand(M, -1, -1))
