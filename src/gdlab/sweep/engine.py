@@ -526,8 +526,11 @@ class _BatchedModules:
             masks.append(mk)
         self.masks = masks
         self.classification = None
-        self._check_padding(members, data)
-        self.eval_chunk = eval_chunk(len(self.points), self._floats_per_sample(data))
+        # a few training samples on the device, for the checks below and the evaluation chunks
+        x, y = _sample_batch(data, 8)
+        sample = (_to(x, device, dtype), y.to(device))
+        self._check_padding(members, sample)
+        self.eval_chunk = eval_chunk(len(self.points), self._floats_per_sample(sample[0]))
         # a model class's own batched backward, defined on the class itself (a subclass may change
         # the forward): `batched_loss_grads(params, x, y)` for the summed mean cross-entropy of
         # integer class labels; used only where it gives autograd's gradients on a few samples
@@ -541,18 +544,17 @@ class _BatchedModules:
                 grads = own(dict(zip(names, flat)), xb, yb)
                 return [grads[n] for n in names]
 
-            if self._agrees_with_autograd(loss_grads, data):
+            if self._agrees_with_autograd(loss_grads, sample):
                 self.loss_grads = loss_grads
 
-    def _check_padding(self, members, data: SweepData):
+    def _check_padding(self, members, sample: tuple[torch.Tensor, torch.Tensor]):
         """The padded model must compute what the model built at its own width computes: outputs
         and gradients on a few training samples, for every member that is padded."""
         padded = sorted({i for mk in self.masks if mk is not None
                          for i in range(len(members)) if not bool(mk[i].all())})
         if not padded:
             return
-        x, y = _sample_batch(data, 8)
-        x, y = x.to(self.device, self.dtype if x.is_floating_point() else x.dtype), y.to(self.device)
+        x, y = sample
         for i in padded:  # the member at its own width, on the device in the dtype (the cached model unchanged)
             own = {n: _to(t.detach(), self.device, self.dtype).clone().requires_grad_(t.requires_grad)
                    for n, t in itertools.chain(members[i].named_parameters(), members[i].named_buffers())}
@@ -574,12 +576,10 @@ class _BatchedModules:
                     "(a normalization or reshape across a padded dimension?); use widths='group', which trains only "
                     "models of identical shapes together")
 
-    def _floats_per_sample(self, data: SweepData) -> int:
+    def _floats_per_sample(self, x: torch.Tensor) -> int:
         """The largest input or submodule output of the group's largest model, per sample, on a few
-        training samples in eval mode (with no gradient: no state changes): what sizes the
+        training samples ``x`` in eval mode (with no gradient: no state changes): what sizes the
         evaluation chunks."""
-        x, _ = _sample_batch(data, 8)
-        x = x.to(self.device, self.dtype if x.is_floating_point() else x.dtype)
         sizes = [x[0].numel()]
 
         def note(module, inputs, out):
@@ -597,13 +597,13 @@ class _BatchedModules:
             self.template.train()
         return max(sizes)
 
-    def _agrees_with_autograd(self, loss_grads, data: SweepData) -> bool:
+    def _agrees_with_autograd(self, loss_grads, sample: tuple[torch.Tensor, torch.Tensor]) -> bool:
         """Whether a model's own backward gives autograd's gradients for every model of the group on
         a few training samples (each model its own, as in training)."""
-        x, y = _sample_batch(data, 8)
+        x, y = sample
         M = len(self.points)
-        xb = x.to(self.device, self.dtype).unsqueeze(0).expand(M, *x.shape).contiguous()
-        yb = y.to(self.device).unsqueeze(0).expand(M, *y.shape).contiguous()
+        xb = x.unsqueeze(0).expand(M, *x.shape).contiguous()
+        yb = y.unsqueeze(0).expand(M, *y.shape).contiguous()
         try:
             mine = loss_grads(self.params, xb, yb)
         except Exception:  # e.g. a parameter the class does not expect (a parametrization)
@@ -840,7 +840,7 @@ def train_group(family, points: Sequence, keys: Sequence[str], data, device: tor
     model = family.batched(points, data, device, dtype, gens)
     flat = model.params
     opt = BatchedOptimizer(points, flat)
-    fdt = lambda t: t.to(device, dtype if t.is_floating_point() else t.dtype)  # noqa: E731
+    fdt = lambda t: _to(t, device, dtype)  # noqa: E731
     if data.tensors:
         x, y_train = fdt(data.x), torch.stack(labels).to(device)  # (M, n): each model's own labels
         n = x.shape[0]
