@@ -117,6 +117,22 @@ def _network_step(W, v, xs, y, eta_in, eta_out, h):
     return W - eta_in[:, None, None] * gW, v - eta_out[:, None] * gv, loss
 
 
+def _kernel_step(Z, v, K, y, eta_in, eta_out, h):
+    """The same GD step in terms of the pre-activations ``Z = W xs^T`` (P, h, n), for n < d.
+
+    ``W`` moves only in the row space of the data (``gW = dZ xs``), so ``Z`` follows
+    ``Z - eta_in dZ K`` with ``K = xs xs^T`` (n, n), and each network keeps h n numbers instead of
+    h d. The same arithmetic as :func:`_network_step` up to rounding."""
+    n = Z.shape[2]
+    A = torch.tanh(Z)                                                      # (P, h, n)
+    r = torch.matmul(v[:, None, :], A)[:, 0, :].mul_(1.0 / h).sub_(y)      # residuals (P, n)
+    loss = (r * r).mean(dim=1)
+    dout = r.mul_(2.0 / n)
+    gv = torch.matmul(A, dout[:, :, None])[:, :, 0].mul_(1.0 / h)          # (P, h)
+    dZ = A.mul_(A).neg_().add_(1.0).mul_(v[:, :, None] * (1.0 / h)).mul_(dout[:, None, :])
+    return Z - eta_in[:, None, None] * torch.matmul(dZ, K), v - eta_out[:, None] * gv, loss
+
+
 def _quadratic_step(a, b, x, y, eta_a, eta_b, m):
     r = torch.matmul(a, x[:, :m].T)[:, 0, :] + b @ x[:, m:].T - y          # (P, n)
     loss = (r * r).mean(dim=1)
@@ -128,7 +144,7 @@ _COMPILED = {}
 
 
 def _step_fn(kind: str, fused: bool):
-    step = _network_step if kind == "network" else _quadratic_step
+    step = {"network": _network_step, "kernel": _kernel_step, "quadratic": _quadratic_step}[kind]
     if not fused:
         return step
     if kind not in _COMPILED:
@@ -142,22 +158,27 @@ def train_pixels(problem: FractalProblem, eta_in: torch.Tensor, eta_out: torch.T
     the last ``tail`` steps (``inf`` for runs whose loss stopped being finite), shape (P,).
 
     ``loss_t`` is the loss before step t + 1, as in Sohl-Dickstein's ``train_step``. Every
-    ``drop_every`` steps the runs with a non-finite loss leave the batch (they stay non-finite)."""
+    ``drop_every`` steps the runs with a non-finite loss leave the batch (they stay non-finite).
+    A network with fewer examples than inputs (n < d, e.g. his single-datapoint condition) trains
+    in terms of its pre-activations (:func:`_kernel_step`): the same map, d / n times less state."""
     steps = check_int("steps", steps, min=1)
     tail = min(check_int("tail", tail, min=1), steps)
     drop_every = check_int("drop_every", drop_every, min=1)
     dev, dt = problem.W0.device, problem.W0.dtype
     eta_in, eta_out = eta_in.to(dev, dt).reshape(-1), eta_out.to(dev, dt).reshape(-1)
     fused = (dev.type == "cuda") if fused is None else fused
-    step = _step_fn(problem.kind, fused)
     P = eta_in.numel()
-    W = problem.W0.expand(P, -1, -1).contiguous()
-    v = problem.v0.expand(P, -1).contiguous()
-    if problem.kind == "network":
+    kind, W0 = problem.kind, problem.W0
+    if kind == "network":
         x = problem.x * (problem.gain / math.sqrt(problem.x.shape[1]))
         size = problem.W0.shape[0]
+        if x.shape[0] < x.shape[1]:  # n < d: pre-activations Z = W xs^T and the kernel K = xs xs^T
+            kind, W0, x = "kernel", W0 @ x.T, x @ x.T
     else:
         x, size = problem.x, problem.W0.shape[1]
+    step = _step_fn(kind, fused)
+    W = W0.expand(P, -1, -1).contiguous()
+    v = problem.v0.expand(P, -1).contiguous()
     y = problem.y
     result = torch.full((P,), math.inf, dtype=dt, device=dev)
     alive = torch.arange(P, device=dev)
@@ -191,14 +212,25 @@ def grid_axes(window, resolution: int, *, dtype=torch.float64) -> tuple[torch.Te
     return a, b
 
 
+def _cpu_chunk(problem: FractalProblem) -> int:
+    """Networks per CPU chunk: 2^18 floats over one network's largest intermediate (from 64 to 16384)."""
+    if problem.kind == "network":
+        per_network = problem.W0.shape[0] * problem.x.shape[0]           # h n (the (h, n) activations)
+    else:
+        per_network = problem.x.shape[0] + problem.num_params               # residuals and parameters
+    return max(64, min(16384, (1 << 18) // max(1, per_network)))
+
+
 def train_grid(problem: FractalProblem, window, resolution: int, *, steps: int, chunk: int | None = None,
                fused: bool | None = None) -> torch.Tensor:
     """Converged (True) / diverged (False) image over the log-spaced ``window`` (see
     :func:`grid_axes`), shape (res, res), on the CPU: rows run over ``eta_out`` (bottom to top,
     increasing), columns over ``eta_in``. ``chunk`` networks train at once (default 262144 on
-    CUDA, 64 on the CPU, where a chunk's (chunk, h, n) intermediates then stay in cache)."""
+    CUDA; on the CPU as many as keep a chunk's intermediates, (chunk, h, n) for the network,
+    within 2^18 floats, so that they stay in cache: 64 networks of his full-batch condition, 16384
+    of the single-datapoint one)."""
     if chunk is None:
-        chunk = 262144 if problem.W0.device.type == "cuda" else 64
+        chunk = 262144 if problem.W0.device.type == "cuda" else _cpu_chunk(problem)
     chunk = check_int("chunk", chunk, min=1)
     a, b = grid_axes(window, resolution, dtype=problem.W0.dtype)
     E_out, E_in = torch.meshgrid(b, a, indexing="ij")
