@@ -342,3 +342,15 @@ def test_building_a_group_leaves_the_cached_models_and_code_ids_as_they_were(mon
     assert calls == [CNN, F.cross_entropy]  # the factory (here the class itself) and the loss, once each
     assert specs[0]["model"]["factory"] == real(CNN) and specs[-1]["loss"] == real(F.cross_entropy)
     assert {s["model"]["class"] for s in specs} == {real(CNN)}
+
+
+def test_minibatches_are_the_rows_advanced_indexing_takes():
+    from gdlab.sweep.engine import _minibatch
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 4, 3, generator=g)
+    idx = torch.stack([torch.randperm(30, generator=g)[:7] for _ in range(5)])
+    rows = torch.arange(5).unsqueeze(1)
+    for y in (torch.randint(0, 3, (5, 30), generator=g), torch.rand(5, 30, 3, generator=g)):
+        xb, yb = _minibatch(x, y, idx)
+        assert torch.equal(xb, x[idx]) and torch.equal(yb, y[rows, idx])

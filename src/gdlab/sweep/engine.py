@@ -844,7 +844,6 @@ def train_group(family, points: Sequence, keys: Sequence[str], data, device: tor
     if data.tensors:
         x, y_train = fdt(data.x), torch.stack(labels).to(device)  # (M, n): each model's own labels
         n = x.shape[0]
-        rows = torch.arange(M, device=device).unsqueeze(1)
     has_test = data.x_test is not None or data.test_loader is not None
     if data.x_test is not None:
         x_test, y_test = fdt(data.x_test), data.y_test.to(device)
@@ -907,10 +906,11 @@ def train_group(family, points: Sequence, keys: Sequence[str], data, device: tor
             order = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)  # (M, n)
             for s in range(0, n, B):
                 idx = order[:, s:s + B]
+                xb, yb = _minibatch(x, y_train, idx)
                 if by_hand is not None:  # a family's own backward (the MLP's), else autograd
-                    grads = by_hand(flat, x[idx], y_train[rows, idx])
+                    grads = by_hand(flat, xb, yb)
                 else:
-                    grads = torch.autograd.grad(model.loss(flat, x[idx], y_train[rows, idx], shared=False).sum(), flat)
+                    grads = torch.autograd.grad(model.loss(flat, xb, yb, shared=False).sum(), flat)
                 opt.step(_masked(grads, model.masks))
         else:
             for xb, yb in _loader_epoch(data.train_loader, epoch):
@@ -940,6 +940,18 @@ def train_group(family, points: Sequence, keys: Sequence[str], data, device: tor
         store.drop_partial(gid)
         store.journal("done", group=gid, keys=keys)
     return payloads
+
+
+def _minibatch(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each model's own minibatch: rows ``idx`` (M, b) of the shared inputs x (n, ...) and of the
+    model's own targets y (M, n, ...), as (M, b, ...) each. Flat ``index_select``s copy what
+    ``x[idx]`` and ``y[arange(M)[:, None], idx]`` would, at a fraction of advanced indexing's cost
+    on a CPU (a (12, 100) batch of MNIST-1D: 14 against 52 us)."""
+    M, b = idx.shape
+    xb = x.index_select(0, idx.reshape(-1)).view((M, b) + x.shape[1:])
+    rows = (idx + torch.arange(M, device=idx.device).unsqueeze(1) * y.shape[1]).reshape(-1)
+    yb = y.reshape((-1,) + y.shape[2:]).index_select(0, rows).view((M, b) + y.shape[2:])
+    return xb, yb
 
 
 def _masked(grads, masks):

@@ -266,7 +266,7 @@ def _forward(params, x, acts: list | None = None):
             acts.append(h)
         h = torch.baddbmm(b.unsqueeze(1), h, w)
         if j < len(params) - 1:
-            h = torch.relu(h)
+            h = h.relu_()  # in place: the backward needs only the activation, not the product
     return h
 
 
