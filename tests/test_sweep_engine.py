@@ -311,7 +311,9 @@ def test_evaluation_chunks_follow_the_group_size_and_do_not_change_the_metrics()
     x, y, xt, yt = mixture(n=300, n_test=50)
     pts = grid(width=[3, 12], seed=[0, 1], lr=0.05, batch_size=10, epochs=1)
     group = ModuleFamily(CNN, F.cross_entropy).batched(pts, as_data((x, y)), torch.device("cpu"), torch.float64)
-    assert group.eval_chunk == eval_chunk(4, 12 * 12)  # the largest output per sample: conv(12) over 12 positions
+    # the largest output per sample: conv(12) over 12 positions; on a CPU a convolutional group
+    # evaluates model by model, so the chunk is sized for one model
+    assert group.eval_per_model and group.eval_chunk == eval_chunk(1, 12 * 12)
     labels = y.unsqueeze(0).expand(len(pts), -1)
     whole = group.evaluate(group.params, x, labels, per_model=True, chunk=4096)
     for chunk in (7, 64, None):
@@ -354,3 +356,23 @@ def test_minibatches_are_the_rows_advanced_indexing_takes():
     for y in (torch.randint(0, 3, (5, 30), generator=g), torch.rand(5, 30, 3, generator=g)):
         xb, yb = _minibatch(x, y, idx)
         assert torch.equal(xb, x[idx]) and torch.equal(yb, y[rows, idx])
+
+
+def test_convolutional_groups_evaluate_model_by_model_on_a_cpu_with_vmaps_numbers():
+    """On a CPU a group with convolutions evaluates each model with plain convolutions (vmap would
+    make grouped ones, slower there); the losses and errors are those of the vmapped forward."""
+    from gdlab.sweep.engine import ModuleFamily, as_data
+
+    x, y, _, _ = mixture(n=50, n_test=20, dim=13)
+    points = grid(width=[3, 6], seed=[0, 1], lr=0.05, batch_size=10, epochs=1)
+    group = ModuleFamily(cnn1d, F.cross_entropy).batched(points, as_data((x, y)), torch.device("cpu"), torch.float64)
+    assert group.eval_per_model
+    labels = y.unsqueeze(0).expand(len(points), -1)
+    per_model = group.evaluate(group.params, x, labels, per_model=True, chunk=16)
+    group.eval_per_model = False
+    vmapped = group.evaluate(group.params, x, labels, per_model=True, chunk=16)
+    assert per_model["error"] == vmapped["error"]
+    assert max(abs(a - b) for a, b in zip(per_model["loss"], vmapped["loss"])) < 1e-12
+    mlp = ModuleFamily(lambda width: torch.nn.Sequential(torch.nn.Linear(13, width), torch.nn.ReLU(),
+                                                         torch.nn.Linear(width, 3)), F.cross_entropy)
+    assert not mlp.batched(points, as_data((x, y)), torch.device("cpu"), torch.float64).eval_per_model
