@@ -70,7 +70,7 @@ class CNN1d(torch.nn.Module):
         x1 = F.pad(x, (pad, pad)).unfold(2, k, 1).reshape(M, B * L, k)
         h1 = torch.baddbmm(b1.unsqueeze(1), x1, w1.view(M, W, k).transpose(1, 2)).relu_()   # (M, B * L, W)
         h1p = F.pad(h1.view(M, B, L, W), (0, 0, pad, pad))
-        x2 = torch.cat([h1p[:, :, j:j + 2 * L2 - 1:2] for j in range(k)], -1).view(M, B * L2, k * W)
+        x2 = h1p.unfold(2, k, 2).transpose(3, 4).reshape(M, B * L2, k * W)  # windows, (tap, channel) order
         w2k = w2.permute(0, 1, 3, 2).reshape(M, W, k * W)          # columns in (tap, input channel) order
         h2 = torch.baddbmm(b2.unsqueeze(1), x2, w2k.transpose(1, 2)).relu_()  # (M, B * L2, W)
         whp = wh.view(M, C, W, L2).transpose(2, 3).reshape(M, C, L2 * W)  # the head's inputs channels last
