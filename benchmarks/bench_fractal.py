@@ -5,7 +5,9 @@
 Times, in the same run, the plain batched-matmul step (baseline) and the fused step
 (``torch.compile`` of the same function; on CUDA it fuses the element-wise work into a few
 kernels). The chapter's target on one H100: >= 3.5e7 network-steps/s for the width-16 grid,
-10x a plain batched loop (about 3.5e6).
+10x a plain batched loop (about 3.5e6). With ``--n`` below the input dimension (16), e.g. his
+single-datapoint condition ``--n 1``, the trainer runs in pre-activations (``fractal._kernel_step``):
+on 2 CPU threads, 65536 such networks took 7.2e6 network-steps/s against 3.4e5 for the full weights.
 """
 from __future__ import annotations
 

@@ -193,13 +193,14 @@ def test_validation():
 @needs_cuda
 def test_cuda_generator_draws_on_cuda_and_matches_the_cpu_trainer():
     g = torch.Generator(device="cuda").manual_seed(2)
-    p = fractal.make_problem(g)
-    assert p.x.device.type == "cuda"
-    pc = fractal.FractalProblem(*(t.cpu() for t in (p.x, p.y, p.W0, p.v0)), p.gain, p.kind)
-    e = torch.logspace(0, 3, 64, dtype=torch.float64)
-    cpu = fractal.train_pixels(pc, e, e.flip(0), steps=20)
-    for fused in (False, True):
-        gpu = fractal.train_pixels(p, e.cuda(), e.flip(0).cuda(), steps=20, fused=fused).cpu()
-        torch.testing.assert_close(gpu, cpu, rtol=1e-9, atol=1e-9)
+    for n in (None, 1):  # the full-weight step, and with one example the pre-activation one
+        p = fractal.make_problem(g, n=n)
+        assert p.x.device.type == "cuda"
+        pc = fractal.FractalProblem(*(t.cpu() for t in (p.x, p.y, p.W0, p.v0)), p.gain, p.kind)
+        e = torch.logspace(0, 3, 64, dtype=torch.float64)
+        cpu = fractal.train_pixels(pc, e, e.flip(0), steps=20)
+        for fused in (False, True):
+            gpu = fractal.train_pixels(p, e.cuda(), e.flip(0).cuda(), steps=20, fused=fused).cpu()
+            torch.testing.assert_close(gpu, cpu, rtol=1e-9, atol=1e-9)
     q = fractal.make_quadratic_problem(g)
     assert q.x.device.type == "cuda" and fractal.train_grid(q, ((1e-2, 1.0), (1e-2, 1.0)), 4, steps=5).device.type == "cpu"

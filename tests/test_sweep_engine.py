@@ -376,3 +376,4 @@ def test_convolutional_groups_evaluate_model_by_model_on_a_cpu_with_vmaps_number
     mlp = ModuleFamily(lambda width: torch.nn.Sequential(torch.nn.Linear(13, width), torch.nn.ReLU(),
                                                          torch.nn.Linear(width, 3)), F.cross_entropy)
     assert not mlp.batched(points, as_data((x, y)), torch.device("cpu"), torch.float64).eval_per_model
+    assert ModuleFamily(cnn1d, F.cross_entropy).batched(points, as_data((x, y)), "cpu", torch.float64).eval_per_model

@@ -534,7 +534,7 @@ class _BatchedModules:
         # on a CPU the grouped convolutions that vmap makes of M models' convolutions are slower than
         # M plain ones (two CNN1d's of width 32 on 4000 samples: 34 against 22 ms): such groups
         # evaluate model by model, in chunks sized for one model
-        self.eval_per_model = device.type == "cpu" and any(
+        self.eval_per_model = torch.device(device).type == "cpu" and any(
             isinstance(m, torch.nn.modules.conv._ConvNd) for m in self.template.modules())
         self.eval_chunk = eval_chunk(1 if self.eval_per_model else len(self.points),
                                      self._floats_per_sample(sample[0]))
@@ -659,7 +659,7 @@ class _BatchedModules:
         for s in range(0, n, chunk):
             xx, yy = x[s:s + chunk], (y[:, s:s + chunk] if per_model else y[s:s + chunk])
             if self.eval_per_model:
-                out = torch.stack([self._one([t[m] for t in params], {n: b[m] for n, b in self.buffers.items()}, xx)
+                out = torch.stack([self._one([t[m] for t in params], {k: t[m] for k, t in self.buffers.items()}, xx)
                                    for m in range(len(self.points))])
             else:
                 out = vmap(self._one, in_dims=(0, 0, None))(params, self.buffers, xx)
