@@ -204,3 +204,21 @@ def test_cuda_generator_draws_on_cuda_and_matches_the_cpu_trainer():
             torch.testing.assert_close(gpu, cpu, rtol=1e-9, atol=1e-9)
     q = fractal.make_quadratic_problem(g)
     assert q.x.device.type == "cuda" and fractal.train_grid(q, ((1e-2, 1.0), (1e-2, 1.0)), 4, steps=5).device.type == "cpu"
+
+
+def test_zoom_sequence_follows_the_boundary_as_deep_as_his_sequences():
+    """45 zooms, each into the half-size window (in each log-range) with the most boundary pixels:
+    nested windows that halve, about 1e-12 decades wide at the end (Sohl-Dickstein's sequences reach
+    about 1e-14) and still resolved in float64, with both outcomes in every frame."""
+    p = fractal.make_problem(torch.Generator().manual_seed(0), n=1)
+    frames = fractal.zoom_sequence(p, ((1e-3, 1e6), (1e-3, 1e6)), 24, steps=100, zooms=45)
+    assert len(frames) == 46
+    widths = []
+    for (image, (w_in, w_out)), (_, (o_in, o_out)) in zip(frames[1:], frames[:-1]):
+        for (lo, hi), (olo, ohi) in ((w_in, o_in), (w_out, o_out)):
+            assert olo <= lo < hi <= ohi
+        widths.append(math.log10(w_in[1] / w_in[0]))
+        assert bool(image.any()) and not bool(image.all())
+    ratios = np.array(widths[1:]) / np.array(widths[:-1])
+    assert np.all((ratios > 0.45) & (ratios < 0.55))
+    assert widths[-1] < 1e-11
