@@ -102,17 +102,23 @@ def make_quadratic_problem(generator: torch.Generator, *, half: int = 8, n: int 
     return FractalProblem(x.to(device), y.to(device), zeros[None].clone(), zeros.clone(), 1.0, "quadratic")
 
 
-def _network_step(W, v, xs, y, eta_in, eta_out, h):
-    """One GD step for P networks at once; ``xs = gain * x / sqrt(d)``. Returns (W, v, loss).
-
-    Layout (P, h, n), so that ``W xs^T`` and ``dZ xs`` are single GEMMs over all pixels."""
-    P, n = W.shape[0], xs.shape[0]
-    A = torch.tanh(torch.matmul(W, xs.T))                                  # (P, h, n)
+def _readout_grads(A, v, y, h):
+    """Loss, ``dL/dv`` and ``dL/dZ`` of ``f = v . A / h`` against ``y``, from the activations
+    ``A = tanh(Z)`` (P, h, n), which it overwrites."""
+    n = A.shape[2]
     r = torch.matmul(v[:, None, :], A)[:, 0, :].mul_(1.0 / h).sub_(y)      # residuals (P, n)
     loss = (r * r).mean(dim=1)
     dout = r.mul_(2.0 / n)                                                 # dL/df
     gv = torch.matmul(A, dout[:, :, None])[:, :, 0].mul_(1.0 / h)          # (P, h)
     dZ = A.mul_(A).neg_().add_(1.0).mul_(v[:, :, None] * (1.0 / h)).mul_(dout[:, None, :])
+    return loss, gv, dZ
+
+
+def _network_step(W, v, xs, y, eta_in, eta_out, h):
+    """One GD step for P networks at once; ``xs = gain * x / sqrt(d)``. Returns (W, v, loss).
+
+    Layout (P, h, n), so that ``W xs^T`` and ``dZ xs`` are single GEMMs over all pixels."""
+    loss, gv, dZ = _readout_grads(torch.tanh(torch.matmul(W, xs.T)), v, y, h)   # A: (P, h, n)
     gW = torch.matmul(dZ, xs)                                              # (P, h, d)
     return W - eta_in[:, None, None] * gW, v - eta_out[:, None] * gv, loss
 
@@ -123,13 +129,7 @@ def _kernel_step(Z, v, K, y, eta_in, eta_out, h):
     ``W`` moves only in the row space of the data (``gW = dZ xs``), so ``Z`` follows
     ``Z - eta_in dZ K`` with ``K = xs xs^T`` (n, n), and each network keeps h n numbers instead of
     h d. The same arithmetic as :func:`_network_step` up to rounding."""
-    n = Z.shape[2]
-    A = torch.tanh(Z)                                                      # (P, h, n)
-    r = torch.matmul(v[:, None, :], A)[:, 0, :].mul_(1.0 / h).sub_(y)      # residuals (P, n)
-    loss = (r * r).mean(dim=1)
-    dout = r.mul_(2.0 / n)
-    gv = torch.matmul(A, dout[:, :, None])[:, :, 0].mul_(1.0 / h)          # (P, h)
-    dZ = A.mul_(A).neg_().add_(1.0).mul_(v[:, :, None] * (1.0 / h)).mul_(dout[:, None, :])
+    loss, gv, dZ = _readout_grads(torch.tanh(Z), v, y, h)
     return Z - eta_in[:, None, None] * torch.matmul(dZ, K), v - eta_out[:, None] * gv, loss
 
 
