@@ -43,8 +43,9 @@ SITE = Path("/tmp/site")
 # reduced steps (the chapters' notes; upper ends of their ranges); a stage is skipped when its
 # projection exceeds what is left of the budget. 01: Garg's GPT-2 (12 layers, 500k steps) per
 # depth, 3-5 h; 02: ~170k sequential small steps, 4-6 min; 03: 190 MLPs x 500 epochs in one group,
-# 2-4 min; 04: the fractal grid (9 x 1024^2 networks x 1000 steps) dominates, 0.1-3 h until
-# bench_fractal measures the fused step; 05: SmolLM2 generation (~97k steps), 40-60 min.
+# 2-4 min; 04: the fractal grid (46 x 512^2 networks x 1000 steps, 1.3x the former 9 x 1024^2)
+# dominates, 0.1-3 h until bench_fractal measures the fused step; 05: SmolLM2 generation (~97k
+# steps), 40-60 min.
 PAPER_PROJECTION_S = {"01": 18000, "02": 360, "03": 240, "04": 10800, "05": 3600}
 BENCHMARKS = {  # name: (arguments on the GPU, arguments in the rehearsal)
     "sweep": (["benchmarks/bench_sweep.py", "--device", "cuda"],
