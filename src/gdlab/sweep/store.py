@@ -45,7 +45,7 @@ __all__ = [
     "Store",
 ]
 
-ENGINE_VERSION = 5  # bump when a change alters the numbers a point produces
+ENGINE_VERSION = 6  # bump when a change alters the numbers a point produces
 STALE_AFTER_S = 600.0  # a temporary file this old belongs to a dead writer (a write takes milliseconds)
 
 
