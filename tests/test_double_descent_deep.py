@@ -38,6 +38,28 @@ def test_model_wise_peak_on_greydanus_final_notebook():
     assert len(w) == 19 and all(len(v) == 19 for run in deep.GREYDANUS_FINAL.values() for v in run.values())
 
 
+def test_peak_bootstrap_matches_the_analytic_error_of_a_fixed_difference():
+    """With one band width and one competitive narrow width, the margin is a difference of two seed
+    means, whose standard error is known; the bootstrap finds it, and is reproducible."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    S, widths = 40, [2, 4, 8, 16, 32]
+    train = np.tile([0.5, 0.4, 0.3, 0.0, 0.0], (S, 1))  # h* = 16: band {16}, narrow {2, 4, 8}
+    test = np.column_stack([np.full(S, 0.9), np.full(S, 0.8), 0.50 + 0.02 * rng.standard_normal(S),
+                            0.56 + 0.03 * rng.standard_normal(S), np.full(S, 0.4)])
+    se = deep.peak_bootstrap(widths, train, test, torch.Generator().manual_seed(1), draws=4000)
+    want = (test[:, 3] - test[:, 2]).std(ddof=1) / np.sqrt(S)
+    assert se["peak_minus_narrow"] == pytest.approx(want, rel=0.1)
+    assert se["peak_minus_widest"] == pytest.approx(test[:, 3].std(ddof=1) / np.sqrt(S), rel=0.1)
+    again = deep.peak_bootstrap(widths, train, test, torch.Generator().manual_seed(1), draws=4000)
+    assert again == se
+    assert all(math.isnan(v) for v in deep.peak_bootstrap(widths, train[:1], test[:1],
+                                                          torch.Generator()).values())
+    with pytest.raises(ValueError, match="shapes"):
+        deep.peak_bootstrap(widths, train, test[:, :4], torch.Generator())
+
+
 def test_model_wise_peak_validates_its_inputs():
     with pytest.raises(ValueError, match="widths"):
         deep.model_wise_peak([4, 2], [0.1, 0.0], [0.5, 0.4])

@@ -22,7 +22,7 @@ from gdlab.double_descent.advani_saxe import (AdvaniSaxeCurves, advani_saxe_curv
                                               spectral_gd_solution)
 from gdlab.double_descent.optimization_gate import gd_filter, peak_summary
 from gdlab.double_descent.deep import (GREYDANUS_FINAL, GREYDANUS_WIDTHS, epoch_wise_peak, model_wise_peak,
-                                       width_curves)
+                                       peak_bootstrap, width_curves)
 
 __all__ = ["spectral", "random_features", "advani_saxe", "optimization_gate", "deep",
            "condition_number", "gd_gain", "gd_solution", "min_norm_solution", "rank_cutoff",
@@ -32,4 +32,4 @@ __all__ = ["spectral", "random_features", "advani_saxe", "optimization_gate", "d
            "ridgeless_risk", "standardize", "AdvaniSaxeCurves", "advani_saxe_curves", "gd_iterates",
            "marchenko_pastur_density", "marchenko_pastur_edges", "spectral_gd_solution",
            "gd_filter", "peak_summary", "GREYDANUS_FINAL", "GREYDANUS_WIDTHS", "epoch_wise_peak",
-           "model_wise_peak", "width_curves"]
+           "model_wise_peak", "peak_bootstrap", "width_curves"]

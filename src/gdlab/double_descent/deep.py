@@ -11,11 +11,12 @@ networks that just fail to interpolate can be as bad as the first one that succe
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from gdlab.runtime import check_choice, check_float, check_int
 
 __all__ = ["GREYDANUS_WIDTHS", "GREYDANUS_FINAL", "width_curves", "model_wise_peak",
-           "epoch_wise_peak"]
+           "peak_bootstrap", "epoch_wise_peak"]
 
 # Greydanus' final deep-double-descent notebook (github.com/greydanus/mnist1d, commit 9129ceb,
 # "Fix the double descent experiment", 2024-06-03, notebooks/deep-double-descent.ipynb): MLP
@@ -97,6 +98,33 @@ def model_wise_peak(widths, train_error, test_error, interpolated: float = 0.02,
         best = float(test_error[narrow].min())
         out.update(narrow_best=best, peak_minus_narrow=peak - best)
     return out
+
+
+def peak_bootstrap(widths, train_error, test_error, generator, draws: int = 1000,
+                   interpolated: float = 0.02, near: float = 1.5) -> dict[str, float]:
+    """Standard errors of :func:`model_wise_peak`'s margins over seeds, by the bootstrap.
+
+    ``train_error`` and ``test_error`` are (seeds, widths): one row per seed. Each of ``draws``
+    resamples draws as many rows with replacement (indices from the ``torch.Generator``
+    ``generator``), averages them and recomputes the statistic, h* and the band included. The
+    standard error is the spread of the resampled margins (NaN with one seed, or where a resample
+    has no interpolating or no narrow width). This is the error of the statistic as reported, on
+    the seed-mean curves; the spread of per-seed margins, each with its own best narrow width,
+    understates it."""
+    widths = np.asarray(widths)
+    train_error, test_error = np.asarray(train_error, dtype=float), np.asarray(test_error, dtype=float)
+    if train_error.ndim != 2 or train_error.shape != test_error.shape or train_error.shape[1] != len(widths):
+        raise ValueError(f"parameters 'train_error', 'test_error': got shapes {train_error.shape} and "
+                         f"{test_error.shape}; expected (seeds, {len(widths)}) both")
+    draws = check_int("draws", draws, min=2)
+    seeds = train_error.shape[0]
+    keys = ("peak_minus_narrow", "peak_minus_widest")
+    if seeds < 2:
+        return {k: float("nan") for k in keys}
+    rows = torch.randint(seeds, (draws, seeds), generator=generator, device=generator.device).cpu().numpy()
+    boot = np.array([[model_wise_peak(widths, train_error[r].mean(0), test_error[r].mean(0),
+                                      interpolated, near)[k] for k in keys] for r in rows])
+    return {k: float(boot[:, i].std(ddof=1)) for i, k in enumerate(keys)}
 
 
 def epoch_wise_peak(epochs, train_error, test_error, interpolated: float = 0.02, near: float = 1.5,
