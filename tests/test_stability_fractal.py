@@ -67,6 +67,30 @@ def test_few_examples_train_in_pre_activations_like_the_full_weights():
     torch.testing.assert_close(got[fin], want[fin], rtol=1e-6, atol=1e-9)
 
 
+def test_one_example_trains_elementwise_like_the_full_weights():
+    """With n = 1 the trainer follows the pre-activation vector z = W xs (the point form, tanh
+    computed through the sigmoid): the same losses, step by step, as the full-weight step."""
+    p = fractal.make_problem(torch.Generator().manual_seed(6), width=6, input_dim=5, n=1)
+    x = p.x * (p.gain / math.sqrt(p.x.shape[1]))
+    e_in = torch.logspace(-1, 2, 40, dtype=torch.float64)
+    e_out = e_in.flip(0)
+    W, v = p.W0.expand(40, -1, -1).contiguous(), p.v0.expand(40, -1).contiguous()
+    z, vz = (W @ x.T)[:, :, 0], v.clone()
+    losses = []
+    for _ in range(200):
+        W, v, full = fractal._network_step(W, v, x, p.y, e_in, e_out, 6)
+        z, vz, point = fractal._point_step(z, vz, (x @ x.T)[0, 0], p.y[0], e_in, e_out, 6)
+        losses.append(full)
+        if len(losses) <= 30:
+            ok = torch.isfinite(full) & (full < 1e6)
+            torch.testing.assert_close(point[ok], full[ok], rtol=1e-9, atol=1e-12)
+    losses = torch.stack(losses)
+    want = (losses[-20:] / losses[0]).mean(0)
+    got = fractal.train_pixels(p, e_in, e_out, steps=200)       # n = 1: the point form
+    assert torch.equal(got < 1, torch.nan_to_num(want, nan=math.inf) < 1)
+    assert bool((got < 1).any()) and bool((got >= 1).any())     # both outcomes on this range
+
+
 def test_make_problem_is_sohl_dicksteins_setup():
     p = fractal.make_problem(torch.Generator().manual_seed(0))
     assert p.x.shape == (272, 16) and p.y.shape == (272,) and p.W0.shape == (16, 16) and p.v0.shape == (16,)

@@ -133,6 +133,21 @@ def _kernel_step(Z, v, K, y, eta_in, eta_out, h):
     return Z - eta_in[:, None, None] * torch.matmul(dZ, K), v - eta_out[:, None] * gv, loss
 
 
+def _point_step(z, v, k, y, eta_in, eta_out, h):
+    """The kernel step for a single example (n = 1): ``z`` (P, h) is the pre-activation, ``k`` the
+    scalar ``xs . xs``, ``y`` the scalar target. Elementwise work only (no batched products of
+    1-wide matrices), and ``tanh`` as ``2 sigmoid(2 z) - 1``: the same function to about 1e-16,
+    computed about seven times faster on a CPU in float64. The same map as :func:`_kernel_step`
+    up to rounding."""
+    a = torch.mul(z, 2.0).sigmoid_().mul_(2.0).sub_(1.0)                  # tanh(z), (P, h)
+    r = torch.linalg.vecdot(v, a).mul_(1.0 / h).sub_(y)                    # residuals (P,)
+    loss = r * r
+    c = r.mul_(2.0 / h)[:, None]                                           # dL/df / h
+    gv = a * c
+    dz = a.mul_(a).neg_().add_(1.0).mul_(v).mul_(c)
+    return z - dz.mul_((eta_in * k)[:, None]), v - gv.mul_(eta_out[:, None]), loss
+
+
 def _quadratic_step(a, b, x, y, eta_a, eta_b, m):
     r = torch.matmul(a, x[:, :m].T)[:, 0, :] + b @ x[:, m:].T - y          # (P, n)
     loss = (r * r).mean(dim=1)
@@ -144,7 +159,8 @@ _COMPILED = {}
 
 
 def _step_fn(kind: str, fused: bool):
-    step = {"network": _network_step, "kernel": _kernel_step, "quadratic": _quadratic_step}[kind]
+    step = {"network": _network_step, "kernel": _kernel_step, "point": _point_step,
+            "quadratic": _quadratic_step}[kind]
     if not fused:
         return step
     if kind not in _COMPILED:
@@ -159,8 +175,9 @@ def train_pixels(problem: FractalProblem, eta_in: torch.Tensor, eta_out: torch.T
 
     ``loss_t`` is the loss before step t + 1, as in Sohl-Dickstein's ``train_step``. Every
     ``drop_every`` steps the runs with a non-finite loss leave the batch (they stay non-finite).
-    A network with fewer examples than inputs (n < d, e.g. his single-datapoint condition) trains
-    in terms of its pre-activations (:func:`_kernel_step`): the same map, d / n times less state."""
+    A network with fewer examples than inputs (n < d) trains in terms of its pre-activations
+    (:func:`_kernel_step`): the same map, d / n times less state; with one example (his
+    single-datapoint condition) the step is element-wise (:func:`_point_step`)."""
     steps = check_int("steps", steps, min=1)
     tail = min(check_int("tail", tail, min=1), steps)
     drop_every = check_int("drop_every", drop_every, min=1)
@@ -168,18 +185,19 @@ def train_pixels(problem: FractalProblem, eta_in: torch.Tensor, eta_out: torch.T
     eta_in, eta_out = eta_in.to(dev, dt).reshape(-1), eta_out.to(dev, dt).reshape(-1)
     fused = (dev.type == "cuda") if fused is None else fused
     P = eta_in.numel()
-    kind, W0 = problem.kind, problem.W0
+    kind, W0, y = problem.kind, problem.W0, problem.y
     if kind == "network":
         x = problem.x * (problem.gain / math.sqrt(problem.x.shape[1]))
         size = problem.W0.shape[0]
-        if x.shape[0] < x.shape[1]:  # n < d: pre-activations Z = W xs^T and the kernel K = xs xs^T
+        if x.shape[0] == 1:          # one example: z = W xs (h,), k = xs . xs, y a scalar
+            kind, W0, x, y = "point", (W0 @ x.T)[:, 0], (x @ x.T)[0, 0], problem.y[0]
+        elif x.shape[0] < x.shape[1]:  # n < d: pre-activations Z = W xs^T and the kernel K = xs xs^T
             kind, W0, x = "kernel", W0 @ x.T, x @ x.T
     else:
         x, size = problem.x, problem.W0.shape[1]
     step = _step_fn(kind, fused)
-    W = W0.expand(P, -1, -1).contiguous()
+    W = W0.expand(P, *W0.shape).contiguous()
     v = problem.v0.expand(P, -1).contiguous()
-    y = problem.y
     result = torch.full((P,), math.inf, dtype=dt, device=dev)
     alive = torch.arange(P, device=dev)
     acc = torch.zeros(P, dtype=dt, device=dev)
@@ -213,7 +231,12 @@ def grid_axes(window, resolution: int, *, dtype=torch.float64) -> tuple[torch.Te
 
 
 def _cpu_chunk(problem: FractalProblem) -> int:
-    """Networks per CPU chunk: 2^18 floats over one network's largest intermediate (from 64 to 16384)."""
+    """Networks per CPU chunk: 2^18 floats over one network's largest intermediate (from 64 to
+    16384); for a single example (:func:`_point_step`), 2^16 floats over its h pre-activations
+    (4096 networks at width 16: the step's dozen element-wise passes stay in a core's L2 cache;
+    a 45-zoom sequence of 128-pixel images took 15 s this way against 33 s 16384 at a time)."""
+    if problem.kind == "network" and problem.x.shape[0] == 1:
+        return max(64, (1 << 16) // problem.W0.shape[0])
     if problem.kind == "network":
         per_network = problem.W0.shape[0] * problem.x.shape[0]           # h n (the (h, n) activations)
     else:
@@ -226,9 +249,8 @@ def train_grid(problem: FractalProblem, window, resolution: int, *, steps: int, 
     """Converged (True) / diverged (False) image over the log-spaced ``window`` (see
     :func:`grid_axes`), shape (res, res), on the CPU: rows run over ``eta_out`` (bottom to top,
     increasing), columns over ``eta_in``. ``chunk`` networks train at once (default 262144 on
-    CUDA; on the CPU as many as keep a chunk's intermediates, (chunk, h, n) for the network,
-    within 2^18 floats, so that they stay in cache: 64 networks of his full-batch condition, 16384
-    of the single-datapoint one)."""
+    CUDA; on the CPU as many as keep a chunk's intermediates in cache, see :func:`_cpu_chunk`: 64
+    networks of his full-batch condition, 4096 of the single-datapoint one)."""
     if chunk is None:
         chunk = 262144 if problem.W0.device.type == "cuda" else _cpu_chunk(problem)
     chunk = check_int("chunk", chunk, min=1)
