@@ -74,3 +74,33 @@ def test_cuda_generator_trains_on_cuda():
     s = spectrum.mixture_classifier_spectrum(8, 3, g, n_per_class=20, dim=5, steps=10, k=6, density=True,
                                              n_steps=10)
     assert s.top.device.type == "cpu" and s.top.shape == (6,) and s.density is not None
+
+
+def test_outlier_gaps_are_the_cut_and_the_runner_up():
+    vals = torch.tensor([40.0, 30.0, 20.0, 5.0, 4.0, 1.0], dtype=torch.float64)
+    gap, runner_up = spectrum.outlier_gaps(vals)
+    assert gap == pytest.approx(4.0) and runner_up == pytest.approx(4.0)   # 20/5, then 4/1
+    gap, runner_up = spectrum.outlier_gaps(torch.tensor([9.0, 3.0, 2.0], dtype=torch.float64))
+    assert (gap, runner_up) == (pytest.approx(3.0), pytest.approx(1.5))
+    with pytest.raises(ValueError, match="descending"):
+        spectrum.outlier_gaps(torch.tensor([1.0, 2.0]))
+
+
+def test_feature_mean_ratio_is_mean_over_top_variance():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(20000, 3, generator=g, dtype=torch.float64) * torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64)
+    ratio = spectrum.feature_mean_ratio(z + torch.tensor([3.0, 4.0, 0.0], dtype=torch.float64))
+    assert ratio == pytest.approx(25.0 / 4.0, rel=0.05)          # |mean|^2 = 25, top variance 4
+    with pytest.raises(ValueError, match="'features'"):
+        spectrum.feature_mean_ratio(torch.ones(5))
+
+
+def test_activation_is_a_choice_and_relu_features_have_the_larger_mean():
+    kw = dict(n_per_class=20, dim=5, steps=20, k=8)
+    relu = spectrum.mixture_classifier_spectrum(16, 3, torch.Generator().manual_seed(0), activation="relu", **kw)
+    tanh = spectrum.mixture_classifier_spectrum(16, 3, torch.Generator().manual_seed(0), activation="tanh", **kw)
+    assert relu.num_params == tanh.num_params and not torch.equal(relu.top, tanh.top)
+    assert relu.feature_mean_ratio > tanh.feature_mean_ratio
+    assert relu.gaps[0] >= relu.gaps[1]
+    with pytest.raises(ValueError, match="'activation'"):
+        spectrum.mixture_classifier_spectrum(16, 3, torch.Generator(), activation="gelu", **kw)

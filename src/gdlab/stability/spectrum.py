@@ -6,11 +6,18 @@ bulk, while changing the data (more clusters, less separable) moves the outliers
 2019/2020 traces the outliers of the cross-entropy Hessian to the class means of the logit
 gradients, about one outlier per class.
 
-:func:`mixture_classifier_spectrum` trains a tanh MLP by full-batch GD on a Gaussian mixture with
-one cluster per class, and returns its top eigenvalues (Lanczos), the number of outliers
+:func:`mixture_classifier_spectrum` trains a one-hidden-layer network (ReLU by default, the
+activation of Papyan's networks; or tanh) by full-batch GD on a Gaussian mixture with one cluster
+per class, and returns its top eigenvalues (Lanczos), the number of outliers
 (:func:`outlier_count`) and the SLQ density (:func:`gdlab.hessian.spectral_density`). The number
 of network outputs can exceed the number of classes (the extra outputs are never a label), which
 separates what the classes do from what the output layer does.
+
+Why the activation matters: the outliers come from the class means of the logit gradients, whose
+size grows with the class means of the hidden features. ReLU features are non-negative and share
+a large common mean, so these terms stand apart from the within-class variation (the bulk); tanh
+features are odd and nearly centred, and the group of outliers then merges with the next level of
+the spectrum (:func:`feature_mean_ratio` measures this).
 """
 from __future__ import annotations
 
@@ -23,8 +30,8 @@ from gdlab.runtime import check_choice, check_float, check_int
 from gdlab.stability import eos
 
 __all__ = [
-    "cross_entropy", "LOSSES", "Spectrum", "outlier_count", "mixture_classifier_spectrum",
-    "eigenvalue_count"
+    "cross_entropy", "LOSSES", "ACTIVATIONS", "Spectrum", "outlier_count", "outlier_gaps",
+    "mixture_classifier_spectrum", "feature_mean_ratio", "eigenvalue_count"
 ]
 
 
@@ -34,13 +41,15 @@ def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 LOSSES = {"cross_entropy": cross_entropy, "mse": eos.cohen_mse}
+ACTIVATIONS = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}
 
 
 @dataclass(frozen=True)
 class Spectrum:
     """``top``: the largest Hessian eigenvalues, descending; ``n_outliers``: how many of them lie
     above the largest gap; ``grid``/``density``: the SLQ spectral density (None if not asked);
-    ``num_params``; ``train_accuracy`` and ``train_loss`` where the spectrum was taken."""
+    ``num_params``; ``train_accuracy`` and ``train_loss`` where the spectrum was taken;
+    ``feature_mean_ratio`` (see :func:`feature_mean_ratio`)."""
 
     top: torch.Tensor
     n_outliers: int
@@ -49,6 +58,12 @@ class Spectrum:
     num_params: int
     train_accuracy: float
     train_loss: float
+    feature_mean_ratio: float = float("nan")
+
+    @property
+    def gaps(self) -> tuple[float, float]:
+        """See :func:`outlier_gaps`."""
+        return outlier_gaps(self.top)
 
 
 def outlier_count(eigenvalues: torch.Tensor) -> int:
@@ -63,15 +78,39 @@ def outlier_count(eigenvalues: torch.Tensor) -> int:
     return int(torch.argmax(vals[:-1] / vals[1:])) + 1
 
 
+def outlier_gaps(eigenvalues: torch.Tensor) -> tuple[float, float]:
+    """``(gap, runner_up)``: the largest ratio ``lambda_i / lambda_{i+1}`` among the given top
+    eigenvalues (sorted descending), the one :func:`outlier_count` cuts at, and the largest of the
+    others: how far the outliers stand apart, against the spread inside the groups."""
+    outlier_count(eigenvalues)  # validates
+    vals = torch.as_tensor(eigenvalues, dtype=torch.float64).reshape(-1).clamp_min(1e-12)
+    ratios = (vals[:-1] / vals[1:]).sort(descending=True).values
+    return float(ratios[0]), float(ratios[1]) if ratios.numel() > 1 else 1.0
+
+
+def feature_mean_ratio(features: torch.Tensor) -> float:
+    """``|mean|^2 / lambda_max(covariance)`` of hidden features (n, h): how far their common
+    mean stands above their largest direction of variation."""
+    f = torch.as_tensor(features, dtype=torch.float64)
+    if f.dim() != 2 or f.shape[0] < 2:
+        raise ValueError(f"parameter 'features': got shape {tuple(f.shape)}; expected (n >= 2, h)")
+    mean = f.mean(0)
+    centred = f - mean
+    top = torch.linalg.eigvalsh(centred.T @ centred / f.shape[0])[-1]
+    return float(mean @ mean / top.clamp_min(1e-300))
+
+
 def mixture_classifier_spectrum(hidden: int, num_classes: int, generator: torch.Generator, *,
-                                outputs: int | None = None, loss: str = "cross_entropy", n_per_class: int = 100,
+                                outputs: int | None = None, loss: str = "cross_entropy",
+                                activation: str = "relu", n_per_class: int = 100,
                                 dim: int = 20, separation: float = 3.0, eta: float = 0.5, steps: int = 100,
                                 k: int | None = None, density: bool = False, n_vectors: int = 3, n_steps: int = 60,
                                 grid: torch.Tensor | None = None, sigma: float | None = None,
                                 dtype=torch.float64, device=None) -> Spectrum:
-    """Train a ``[dim, hidden, outputs]`` tanh MLP on a ``num_classes``-cluster Gaussian mixture
-    (``n_per_class * num_classes`` points, cluster means of norm ``separation``) by ``steps`` of GD
-    at step ``eta`` on ``loss``, and measure its Hessian spectrum (Sagun et al. 2017; Papyan 2020).
+    """Train a ``[dim, hidden, outputs]`` network with ``activation`` hidden units (PyTorch's
+    default initialization) on a ``num_classes``-cluster Gaussian mixture (``n_per_class *
+    num_classes`` points, cluster means of norm ``separation``) by ``steps`` of GD at step ``eta``
+    on ``loss``, and measure its Hessian spectrum (Sagun et al. 2017; Papyan 2020).
 
     ``outputs`` defaults to ``num_classes``; ``k`` (default ``2 * outputs + 4``) top eigenvalues
     are computed. Data, initialization and probes all come from ``generator``; the network lives on
@@ -82,10 +121,12 @@ def mixture_classifier_spectrum(hidden: int, num_classes: int, generator: torch.
     outputs = num_classes if outputs is None else check_int("outputs", outputs, min=num_classes)
     k = 2 * outputs + 4 if k is None else check_int("k", k, min=2)
     check_choice("loss", loss, list(LOSSES))
+    check_choice("activation", activation, list(ACTIVATIONS))
     check_float("separation", separation, min=0.0)
     loss_fn = LOSSES[loss]
     mix = data.gaussian_mixture(n_per_class * num_classes, dim, num_classes, generator, separation=separation)
     net = eos.tanh_mlp([dim, hidden, outputs], generator, dtype=dtype, device=device)
+    net[1] = ACTIVATIONS[activation]()   # the same layers and initialization, another activation
     dev = next(net.parameters()).device
     x, y = mix.x.to(device=dev, dtype=dtype), mix.y.to(dev)
     params = list(net.parameters())
@@ -97,6 +138,7 @@ def mixture_classifier_spectrum(hidden: int, num_classes: int, generator: torch.
     with torch.no_grad():
         out = net(x)
         acc, final = float((out.argmax(dim=1) == y).double().mean()), float(loss_fn(out, y))
+        mean_ratio = feature_mean_ratio(net[1](net[0](x)))
     top, _ = hessian.top_eigenpairs(net, loss_fn, (x, y), k=min(k, hessian.num_params(net)), tol=1e-6,
                                     generator=generator)
     top = top.detach().cpu()
@@ -104,7 +146,7 @@ def mixture_classifier_spectrum(hidden: int, num_classes: int, generator: torch.
     if density:
         grid_out, dens = hessian.spectral_density(net, loss_fn, (x, y), n_vectors=n_vectors, n_steps=n_steps,
                                                   generator=generator, grid=grid, sigma=sigma)
-    return Spectrum(top, outlier_count(top), grid_out, dens, hessian.num_params(net), acc, final)
+    return Spectrum(top, outlier_count(top), grid_out, dens, hessian.num_params(net), acc, final, mean_ratio)
 
 
 def eigenvalue_count(spec: Spectrum, lo: float, hi: float) -> float:
