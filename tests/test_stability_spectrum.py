@@ -104,3 +104,24 @@ def test_activation_is_a_choice_and_relu_features_have_the_larger_mean():
     assert relu.gaps[0] >= relu.gaps[1]
     with pytest.raises(ValueError, match="'activation'"):
         spectrum.mixture_classifier_spectrum(16, 3, torch.Generator(), activation="gelu", **kw)
+
+
+def test_clusters_per_class_and_shuffled_labels(monkeypatch):
+    """Two clusters per class draw a mixture of 2C clusters whose labels are j mod C; shuffled
+    labels are a permutation of the drawn ones (the same counts), drawn after the network."""
+    seen = {}
+    real_mixture = spectrum.data.gaussian_mixture
+
+    def spy(n, dim, num_clusters, generator, **kw):
+        seen["clusters"] = num_clusters
+        return real_mixture(n, dim, num_clusters, generator, **kw)
+
+    monkeypatch.setattr(spectrum.data, "gaussian_mixture", spy)
+    kw = dict(n_per_class=20, dim=5, steps=5, k=8)
+    two = spectrum.mixture_classifier_spectrum(16, 3, torch.Generator().manual_seed(0), clusters_per_class=2, **kw)
+    assert seen["clusters"] == 6 and two.num_params == 5 * 16 + 16 + 16 * 3 + 3
+    plain = spectrum.mixture_classifier_spectrum(16, 3, torch.Generator().manual_seed(0), **kw)
+    shuffled = spectrum.mixture_classifier_spectrum(16, 3, torch.Generator().manual_seed(0), shuffle_labels=True, **kw)
+    assert seen["clusters"] == 3 and not torch.equal(plain.top, shuffled.top)
+    with pytest.raises(ValueError, match="'clusters_per_class'"):
+        spectrum.mixture_classifier_spectrum(16, 3, torch.Generator(), clusters_per_class=0, **kw)

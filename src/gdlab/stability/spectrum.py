@@ -102,7 +102,8 @@ def feature_mean_ratio(features: torch.Tensor) -> float:
 
 def mixture_classifier_spectrum(hidden: int, num_classes: int, generator: torch.Generator, *,
                                 outputs: int | None = None, loss: str = "cross_entropy",
-                                activation: str = "relu", n_per_class: int = 100,
+                                activation: str = "relu", clusters_per_class: int = 1,
+                                shuffle_labels: bool = False, n_per_class: int = 100,
                                 dim: int = 20, separation: float = 3.0, eta: float = 0.5, steps: int = 100,
                                 k: int | None = None, density: bool = False, n_vectors: int = 3, n_steps: int = 60,
                                 grid: torch.Tensor | None = None, sigma: float | None = None,
@@ -113,7 +114,10 @@ def mixture_classifier_spectrum(hidden: int, num_classes: int, generator: torch.
     on ``loss``, and measure its Hessian spectrum (Sagun et al. 2017; Papyan 2020).
 
     ``outputs`` defaults to ``num_classes``; ``k`` (default ``2 * outputs + 4``) top eigenvalues
-    are computed. Data, initialization and probes all come from ``generator``; the network lives on
+    are computed. With ``clusters_per_class`` above 1 the mixture has that many clusters per class
+    (cluster j has label j mod num_classes); with ``shuffle_labels`` the labels are permuted at
+    random after the network is drawn (the same data and initialization, labels that say nothing
+    about the clusters). Data, initialization and probes all come from ``generator``; the network lives on
     ``device`` (default: the generator's). ``grid``/``sigma`` go to
     :func:`gdlab.hessian.spectral_density` when ``density`` is set."""
     hidden = check_int("hidden", hidden, min=1)
@@ -123,12 +127,16 @@ def mixture_classifier_spectrum(hidden: int, num_classes: int, generator: torch.
     check_choice("loss", loss, list(LOSSES))
     check_choice("activation", activation, list(ACTIVATIONS))
     check_float("separation", separation, min=0.0)
+    clusters = num_classes * check_int("clusters_per_class", clusters_per_class, min=1)
     loss_fn = LOSSES[loss]
-    mix = data.gaussian_mixture(n_per_class * num_classes, dim, num_classes, generator, separation=separation)
+    mix = data.gaussian_mixture(n_per_class * num_classes, dim, clusters, generator, separation=separation)
     net = eos.tanh_mlp([dim, hidden, outputs], generator, dtype=dtype, device=device)
     net[1] = ACTIVATIONS[activation]()   # the same layers and initialization, another activation
     dev = next(net.parameters()).device
-    x, y = mix.x.to(device=dev, dtype=dtype), mix.y.to(dev)
+    y = mix.y % num_classes
+    if shuffle_labels:
+        y = y[torch.randperm(y.numel(), generator=generator, device=generator.device)]
+    x, y = mix.x.to(device=dev, dtype=dtype), y.to(dev)
     params = list(net.parameters())
     for _ in range(check_int("steps", steps, min=0)):
         grads = torch.autograd.grad(loss_fn(net(x), y), params)
