@@ -1,4 +1,6 @@
 """Tests for gdlab.stability.spectrum: outlier counting and the trained-classifier spectrum."""
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -91,6 +93,7 @@ def test_feature_mean_ratio_is_mean_over_top_variance():
     z = torch.randn(20000, 3, generator=g, dtype=torch.float64) * torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64)
     ratio = spectrum.feature_mean_ratio(z + torch.tensor([3.0, 4.0, 0.0], dtype=torch.float64))
     assert ratio == pytest.approx(25.0 / 4.0, rel=0.05)          # |mean|^2 = 25, top variance 4
+    assert math.isnan(spectrum.feature_mean_ratio(torch.full((4, 2), math.inf)))
     with pytest.raises(ValueError, match="'features'"):
         spectrum.feature_mean_ratio(torch.ones(5))
 

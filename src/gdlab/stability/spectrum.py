@@ -1,23 +1,26 @@
 """The Hessian spectrum of a trained classifier: a bulk near zero plus outliers.
 
 Sagun, Evci, Guney, Dauphin & Bottou 2017 find that the Hessian spectrum of a classifier is a
-bulk near zero plus a few outliers away from it; fixing the data and adding parameters scales the
-bulk, while changing the data (more clusters, less separable) moves the outliers. Papyan
-2019/2020 traces the outliers of the cross-entropy Hessian to the class means of the logit
-gradients, about one outlier per class.
+bulk near zero plus a few outliers away from it; with the data fixed, adding parameters merely
+scales the bulk, while changing the data (adding clusters, or making the data less separable)
+affects the outliers. Papyan 2019/2020 traces the outliers of the cross-entropy Hessian to the
+class means of the logit gradients, about one outlier per class.
 
 :func:`mixture_classifier_spectrum` trains a one-hidden-layer network (ReLU by default, the
-activation of Papyan's networks; or tanh) by full-batch GD on a Gaussian mixture with one cluster
-per class, and returns its top eigenvalues (Lanczos), the number of outliers
+activation of Papyan's networks; or tanh) by full-batch GD on a Gaussian mixture with one or
+more clusters per class, and returns its top eigenvalues (Lanczos), the number of outliers
 (:func:`outlier_count`) and the SLQ density (:func:`gdlab.hessian.spectral_density`). The number
 of network outputs can exceed the number of classes (the extra outputs are never a label), which
-separates what the classes do from what the output layer does.
+separates the number of label values from the number of outputs.
 
-Why the activation matters: the outliers come from the class means of the logit gradients, whose
-size grows with the class means of the hidden features. ReLU features are non-negative and share
-a large common mean, so these terms stand apart from the within-class variation (the bulk); tanh
-features are odd and nearly centred, and the group of outliers then merges with the next level of
-the spectrum (:func:`feature_mean_ratio` measures this).
+What the count measures on these networks: after training, outputs that are never a label carry
+a probability near zero, and the outliers are carried mostly by the softmax's C - 1 directions in
+the output layer times the hidden features' common mean, which is the same for every class
+(shuffled labels give the same count). ReLU features are non-negative with a large common mean,
+so the C - 1 stand well apart; tanh features are nearly centred, and the ratio at the cut falls
+close to the next ratio (:func:`feature_mean_ratio` measures the mean, :func:`outlier_gaps` the
+ratios). Before training every output carries a probability of about 1/K and the count follows
+the K outputs.
 """
 from __future__ import annotations
 
@@ -90,13 +93,16 @@ def outlier_gaps(eigenvalues: torch.Tensor) -> tuple[float, float]:
 
 def feature_mean_ratio(features: torch.Tensor) -> float:
     """``|mean|^2 / lambda_max(covariance)`` of hidden features (n, h): how far their common
-    mean stands above their largest direction of variation."""
+    mean stands above their largest direction of variation (NaN if a feature is not finite)."""
     f = torch.as_tensor(features, dtype=torch.float64)
     if f.dim() != 2 or f.shape[0] < 2:
         raise ValueError(f"parameter 'features': got shape {tuple(f.shape)}; expected (n >= 2, h)")
+    if not bool(torch.isfinite(f).all()):
+        return float("nan")                 # a diverged network
     mean = f.mean(0)
-    centred = f - mean
-    top = torch.linalg.eigvalsh(centred.T @ centred / f.shape[0])[-1]
+    # the largest singular value of the centred features (an SVD: dead ReLU units make the
+    # covariance exactly singular, where a symmetric eigensolver can fail to converge)
+    top = torch.linalg.svdvals(f - mean)[0] ** 2 / f.shape[0]
     return float(mean @ mean / top.clamp_min(1e-300))
 
 
