@@ -41,54 +41,41 @@ def test_one_step_is_gd_on_the_papers_loss(kind):
     torch.testing.assert_close(v1[0], (v - 0.7 * gv).detach())
 
 
-def test_few_examples_train_in_pre_activations_like_the_full_weights():
-    """With n < d the trainer follows Z = W xs^T (the kernel form): the same losses, step by step,
-    as the full-weight step on the same networks, and the same converged/diverged outcome."""
-    p = fractal.make_problem(torch.Generator().manual_seed(5), width=6, input_dim=5, n=2)
+def _kernel_form(Z, v, x, p, e_in, e_out):
+    return fractal._kernel_step(Z, v, x @ x.T, p.y, e_in, e_out, 6)
+
+
+def _point_form(Z, v, x, p, e_in, e_out):      # one example: z is Z's only column
+    z, v, loss = fractal._point_step(Z[:, :, 0], v, (x @ x.T)[0, 0], p.y[0], e_in, e_out, 6)
+    return z[:, :, None], v, loss
+
+
+@pytest.mark.parametrize("n, seed, etas, form", [(2, 5, (0, 3), _kernel_form), (1, 6, (-1, 2), _point_form)])
+def test_few_examples_train_in_pre_activations_like_the_full_weights(n, seed, etas, form):
+    """With n < d the trainer follows Z = W xs^T (the kernel form; with n = 1 the element-wise
+    point form, tanh through the sigmoid): the same losses, step by step, as the full-weight step
+    on the same networks, and the same converged/diverged outcome."""
+    p = fractal.make_problem(torch.Generator().manual_seed(seed), width=6, input_dim=5, n=n)
     x = p.x * (p.gain / math.sqrt(p.x.shape[1]))
-    e_in = torch.logspace(0, 3, 40, dtype=torch.float64)
+    e_in = torch.logspace(*etas, 40, dtype=torch.float64)
     e_out = e_in.flip(0)
     W, v = p.W0.expand(40, -1, -1).contiguous(), p.v0.expand(40, -1).contiguous()
     Z, vz = W @ x.T, v.clone()
     losses = []
     for _ in range(200):
         W, v, full = fractal._network_step(W, v, x, p.y, e_in, e_out, 6)
-        Z, vz, kern = fractal._kernel_step(Z, vz, x @ x.T, p.y, e_in, e_out, 6)
+        Z, vz, kern = form(Z, vz, x, p, e_in, e_out)
         losses.append(full)
         if len(losses) <= 30:
             ok = torch.isfinite(full) & (full < 1e6)
             torch.testing.assert_close(kern[ok], full[ok], rtol=1e-9, atol=1e-12)
     losses = torch.stack(losses)
     want = (losses[-20:] / losses[0]).mean(0)
-    got = fractal.train_pixels(p, e_in, e_out, steps=200)       # n = 2 < d = 5: the kernel form
+    got = fractal.train_pixels(p, e_in, e_out, steps=200)       # n < d = 5: a pre-activation form
     assert torch.equal(got < 1, torch.nan_to_num(want, nan=math.inf) < 1)
     assert bool((got < 1).any()) and bool((got >= 1).any())     # both outcomes on this range
     fin = torch.isfinite(want) & torch.isfinite(got)
     torch.testing.assert_close(got[fin], want[fin], rtol=1e-6, atol=1e-9)
-
-
-def test_one_example_trains_elementwise_like_the_full_weights():
-    """With n = 1 the trainer follows the pre-activation vector z = W xs (the point form, tanh
-    computed through the sigmoid): the same losses, step by step, as the full-weight step."""
-    p = fractal.make_problem(torch.Generator().manual_seed(6), width=6, input_dim=5, n=1)
-    x = p.x * (p.gain / math.sqrt(p.x.shape[1]))
-    e_in = torch.logspace(-1, 2, 40, dtype=torch.float64)
-    e_out = e_in.flip(0)
-    W, v = p.W0.expand(40, -1, -1).contiguous(), p.v0.expand(40, -1).contiguous()
-    z, vz = (W @ x.T)[:, :, 0], v.clone()
-    losses = []
-    for _ in range(200):
-        W, v, full = fractal._network_step(W, v, x, p.y, e_in, e_out, 6)
-        z, vz, point = fractal._point_step(z, vz, (x @ x.T)[0, 0], p.y[0], e_in, e_out, 6)
-        losses.append(full)
-        if len(losses) <= 30:
-            ok = torch.isfinite(full) & (full < 1e6)
-            torch.testing.assert_close(point[ok], full[ok], rtol=1e-9, atol=1e-12)
-    losses = torch.stack(losses)
-    want = (losses[-20:] / losses[0]).mean(0)
-    got = fractal.train_pixels(p, e_in, e_out, steps=200)       # n = 1: the point form
-    assert torch.equal(got < 1, torch.nan_to_num(want, nan=math.inf) < 1)
-    assert bool((got < 1).any()) and bool((got >= 1).any())     # both outcomes on this range
 
 
 def test_make_problem_is_sohl_dicksteins_setup():
