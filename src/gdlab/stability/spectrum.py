@@ -69,25 +69,29 @@ class Spectrum:
         return outlier_gaps(self.top)
 
 
-def outlier_count(eigenvalues: torch.Tensor) -> int:
-    """Number of eigenvalues above the largest *ratio* gap ``lambda_i / lambda_{i+1}`` among the
-    given top eigenvalues (sorted descending; values below 1e-12 count as 1e-12)."""
+def _gap_ratios(eigenvalues) -> torch.Tensor:
+    """The ratios ``lambda_i / lambda_{i+1}`` of validated top eigenvalues (sorted descending;
+    values below 1e-12 count as 1e-12)."""
     vals = torch.as_tensor(eigenvalues, dtype=torch.float64).reshape(-1)
     if vals.numel() < 2:
         raise ValueError(f"parameter 'eigenvalues': got {vals.numel()} values; expected at least 2")
     if bool((vals[:-1] < vals[1:]).any()):
         raise ValueError("parameter 'eigenvalues': expected them sorted in descending order")
     vals = vals.clamp_min(1e-12)
-    return int(torch.argmax(vals[:-1] / vals[1:])) + 1
+    return vals[:-1] / vals[1:]
+
+
+def outlier_count(eigenvalues: torch.Tensor) -> int:
+    """Number of eigenvalues above the largest *ratio* gap ``lambda_i / lambda_{i+1}`` among the
+    given top eigenvalues (sorted descending; values below 1e-12 count as 1e-12)."""
+    return int(torch.argmax(_gap_ratios(eigenvalues))) + 1
 
 
 def outlier_gaps(eigenvalues: torch.Tensor) -> tuple[float, float]:
     """``(gap, runner_up)``: the largest ratio ``lambda_i / lambda_{i+1}`` among the given top
     eigenvalues (sorted descending), the one :func:`outlier_count` cuts at, and the largest of the
     others: how far the outliers stand apart, against the spread inside the groups."""
-    outlier_count(eigenvalues)  # validates
-    vals = torch.as_tensor(eigenvalues, dtype=torch.float64).reshape(-1).clamp_min(1e-12)
-    ratios = (vals[:-1] / vals[1:]).sort(descending=True).values
+    ratios = _gap_ratios(eigenvalues).sort(descending=True).values
     return float(ratios[0]), float(ratios[1]) if ratios.numel() > 1 else 1.0
 
 
@@ -150,9 +154,10 @@ def mixture_classifier_spectrum(hidden: int, num_classes: int, generator: torch.
             for p, g in zip(params, grads):
                 p -= eta * g
     with torch.no_grad():
-        out = net(x)
+        features = net[1](net[0](x))
+        out = net[2](features)
         acc, final = float((out.argmax(dim=1) == y).double().mean()), float(loss_fn(out, y))
-        mean_ratio = feature_mean_ratio(net[1](net[0](x)))
+        mean_ratio = feature_mean_ratio(features)
     top, _ = hessian.top_eigenpairs(net, loss_fn, (x, y), k=min(k, hessian.num_params(net)), tol=1e-6,
                                     generator=generator)
     top = top.detach().cpu()
