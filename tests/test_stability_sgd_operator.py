@@ -37,6 +37,60 @@ def test_operator_is_the_exact_expectation_over_batches(seed, B):
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("B", [1, 2, 4])
+def test_bernoulli_operator_is_the_exact_expectation_over_subsets(B):
+    """Exact identity: with each sample kept with probability p = B/n and H_S = (1/B) sum_S H_i,
+    T(Sigma) = sum over all 2^n subsets S of p^|S| (1-p)^(n-|S|) (I - eta H_S) Sigma (I - eta H_S)."""
+    H = hessians(7, n=5).numpy()
+    n, d, _ = H.shape
+    X = np.random.default_rng(B).standard_normal((d, d))
+    Sigma, eta, p = X @ X.T, 0.3, B / n
+    expected = np.zeros((d, d))
+    for r in range(n + 1):
+        for S in itertools.combinations(range(n), r):
+            M = np.eye(d) - eta * H[list(S)].sum(axis=0) / B
+            expected += p ** r * (1 - p) ** (n - r) * M @ Sigma @ M
+    c1, c2 = so.batch_coefficients(n, B, "bernoulli")
+    Hbar = H.mean(axis=0)
+    got = Sigma - eta * (Hbar @ Sigma + Sigma @ Hbar) + eta ** 2 * (
+        c1 * np.einsum("nab,bc,ncd->ad", H, Sigma, H) / n + c2 * Hbar @ Sigma @ Hbar)
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("sampling", ["without", "bernoulli"])
+def test_diagonal_closed_form_matches_the_general_operator(sampling):
+    """Diagonal Hessians take a closed form; rotating them by a random orthogonal Q forces the
+    general generalized-eigenvalue path, which must give the same step and spectral radius."""
+    g = torch.Generator().manual_seed(11)
+    D = torch.rand(7, 4, generator=g, dtype=torch.float64) ** 3
+    D[:, 3] = 0                                        # a flat coordinate
+    H = torch.diag_embed(D)
+    Q = torch.linalg.qr(torch.randn(4, 4, generator=g, dtype=torch.float64))[0]
+    R = Q @ H @ Q.T
+    assert so._diagonal_moments(H.numpy()) is not None and so._diagonal_moments(R.numpy()) is None
+    for B in (1, 3, 7):
+        e = so.critical_step(H, B, sampling=sampling)
+        assert e == pytest.approx(so.critical_step(R, B, sampling=sampling), rel=1e-9)
+        for eta in (0.5 * e, e, 1.5 * e):
+            assert so.spectral_radius(H, B, eta, sampling=sampling) == pytest.approx(
+                so.spectral_radius(R, B, eta, sampling=sampling), rel=1e-9)
+
+
+def test_bernoulli_simulation_agrees_with_its_operator():
+    H = hessians(8, n=8, d=3)
+    g = torch.Generator().manual_seed(1)
+    for B in (1, 4):
+        e = so.critical_step(H, B, sampling="bernoulli")
+        assert e != pytest.approx(so.critical_step(H, B), rel=1e-3)   # the two models differ
+        growth = so.simulate_sgd(H, B, [0.7 * e, 1.4 * e], steps=200, runs=32, generator=g,
+                                 burn_in=50, sampling="bernoulli")
+        assert growth[0] < 0 < growth[1]
+    with pytest.raises(ValueError, match="'sampling'"):
+        so.simulate_sgd(H, 2, [0.1], steps=3, runs=1, generator=g, sampling="with")
+    with pytest.raises(ValueError, match="'sampling'"):
+        so.critical_step(H, 2, sampling="poisson")
+
+
 def test_critical_step_is_where_the_spectral_radius_crosses_one():
     H = hessians(0, n=8, d=3)
     for B in (1, 2, 4, 8):

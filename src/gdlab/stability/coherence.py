@@ -5,6 +5,10 @@
 1 (per-sample Hessians in orthogonal directions: SGD noise is large) to n (all aligned:
 SGD behaves like GD), and with B, eta and the sharpness it decides whether SGD diverges
 (their Thm 1 and Sec. 5 synthetic experiments).
+
+Their Thm 1, for batches in which each sample is kept with probability B/n: linearized SGD
+diverges when ``(eta lambda_1(H) / sigma)^2 (n/B - 1) > 1``. We read the condition in Chang &
+Khanna 2025 (App. C.7), who restate it; :func:`divergence_step` gives the step it names.
 """
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ import torch
 
 from gdlab.runtime import check_float, check_int
 
-__all__ = ["coherence_matrix", "coherence", "equiangular_hessians"]
+__all__ = ["coherence_matrix", "coherence", "equiangular_hessians", "aligned_hessians",
+           "divergence_step"]
 
 
 def coherence_matrix(per_sample_hessians: torch.Tensor) -> torch.Tensor:
@@ -49,3 +54,34 @@ def equiangular_hessians(n: int, sigma: float, lam: float = 1.0, *, dtype=torch.
     U[:, 0] = math.sqrt(rho)
     U[:, 1:] = math.sqrt(1.0 - rho) * torch.eye(n, dtype=dtype)
     return lam * U[:, :, None] * U[:, None, :]
+
+
+def aligned_hessians(n: int, k: int, lam: float = 1.0, *, dtype=torch.float64) -> torch.Tensor:
+    """Rank-one Hessians with coherence exactly k: k samples curve along one shared axis and the
+    other n - k each along an axis of their own, all of weight ``m = lam n / k``, so that
+    ``lambda_max(H) = lam`` (in d = n - k + 1 dims). The synthetic construction of Dexter et al.
+    2024, Sec. 5, as Chang & Khanna 2025 (App. C.3) describe it."""
+    n = check_int("n", n, min=1)
+    k = check_int("k", k, min=1, max=n)
+    lam = check_float("lam", lam, min=0.0, open_min=True)
+    axis = torch.zeros(n, dtype=torch.long)
+    axis[k:] = torch.arange(1, n - k + 1)
+    H = torch.zeros(n, n - k + 1, n - k + 1, dtype=dtype)
+    H[torch.arange(n), axis, axis] = lam * n / k
+    return H
+
+
+def divergence_step(per_sample_hessians: torch.Tensor, B: int, *, sigma: float | None = None) -> float:
+    """The step above which Dexter et al. 2024, Thm 1 says linearized SGD with Bernoulli batches of
+    mean size B diverges: ``sigma / (lambda_1(H) sqrt(n/B - 1))`` (infinite at B = n). ``sigma``
+    defaults to the Hessians' coherence; pass another value to see what the bound says without it."""
+    H = per_sample_hessians
+    n = H.shape[0]
+    B = check_int("B", B, min=1, max=n)
+    if sigma is None:
+        sigma = coherence(H)
+    sigma = check_float("sigma", sigma, min=0.0, open_min=True)
+    if B == n:
+        return math.inf
+    lam = float(torch.linalg.eigvalsh(H.mean(dim=0))[-1])
+    return sigma / (lam * math.sqrt(n / B - 1))

@@ -15,6 +15,10 @@ is an eigenvalue with a PSD eigenvector, so rho(T) = 1 exactly when ``A X = eta 
 ``A = I (x) H + H (x) I`` and ``C = c1 (1/n) sum_i H_i (x) H_i + c2 H (x) H`` on symmetric
 matrices: the critical step is ``eta* = 1 / lambda_max(C, A)`` (a generalized eigenvalue).
 At B = n, ``eta* = 2 / lambda_max(H)``, the GD condition.
+
+``sampling="bernoulli"`` is the batch model of Dexter et al. 2024: every sample joins the batch
+on its own with probability B/n and ``H_S = (1/B) sum_{i in S} H_i``, so the batch size is random
+with mean B. Then ``c1 = (n - B) / (n B)`` and ``c2 = 1``.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ import torch
 from gdlab.runtime import check_float, check_int
 
 __all__ = [
-    "batch_coefficients", "second_moment_operator", "spectral_radius", "critical_step",
+    "SAMPLINGS", "batch_coefficients", "second_moment_operator", "spectral_radius", "critical_step",
     "stability_bounds", "frobenius_ratio", "regression_hessians", "simulate_sgd"
 ]
 
@@ -42,10 +46,19 @@ def _check_hessians(per_sample_hessians) -> np.ndarray:
     return H
 
 
-def batch_coefficients(n: int, B: int) -> tuple[float, float]:
-    """``(c1, c2)`` with ``E[H_S X H_S] = c1 mean_i H_i X H_i + c2 H X H`` (sampling without replacement)."""
+SAMPLINGS = ("without", "bernoulli")
+
+
+def batch_coefficients(n: int, B: int, sampling: str = "without") -> tuple[float, float]:
+    """``(c1, c2)`` with ``E[H_S X H_S] = c1 mean_i H_i X H_i + c2 H X H``: batches of B drawn
+    without replacement (the default), or Bernoulli batches (each sample in with probability B/n,
+    ``H_S`` summed and divided by B; Dexter et al. 2024)."""
     n = check_int("n", n, min=1)
     B = check_int("B", B, min=1, max=n)
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"parameter 'sampling': got {sampling!r}; expected one of {SAMPLINGS}")
+    if sampling == "bernoulli":
+        return (n - B) / (n * B), 1.0
     if n == 1:
         return 0.0, 1.0
     return (n - B) / (B * (n - 1)), n * (B - 1) / (B * (n - 1))
@@ -76,12 +89,29 @@ def _restrict_to_range(H: np.ndarray) -> np.ndarray:
     return np.einsum("ai,nab,bj->nij", Q, H, Q)
 
 
-def _operator_parts(H: np.ndarray, B: int) -> tuple[np.ndarray, np.ndarray]:
+def _diagonal_moments(H: np.ndarray):
+    """For Hessians that are all diagonal in the standard basis: ``(h, q)`` with ``h_a = H_aa`` and
+    ``q_a = mean_i (H_i)_aa^2`` over the coordinates that some H_i curves, else None.
+
+    Then the random step ``J = I - eta H_S`` is diagonal, ``T`` maps ``X_ab`` to ``E[J_a J_b] X_ab``,
+    and ``|E[J_a J_b]| <= max(E J_a^2, E J_b^2)``: the diagonal multipliers
+    ``m_a = 1 - 2 eta h_a + eta^2 (c1 q_a + c2 h_a^2)`` decide stability, one coordinate at a time.
+    """
+    d = H.shape[1]
+    if d == 1 or np.any(H[:, ~np.eye(d, dtype=bool)]):
+        return None
+    diag = np.einsum("naa->na", H)
+    h = diag.mean(axis=0)
+    keep = h > 1e-10 * max(h.max(), 1e-300)
+    return h[keep], (diag[:, keep] ** 2).mean(axis=0)
+
+
+def _operator_parts(H: np.ndarray, B: int, sampling: str) -> tuple[np.ndarray, np.ndarray]:
     """``(A, C)`` on symmetric matrices over the range of H (vec(X Y Z) = (Z^T (x) X) vec Y)."""
     H = _restrict_to_range(H)
     n, d, _ = H.shape
     Hbar = H.mean(axis=0)
-    c1, c2 = batch_coefficients(n, B)
+    c1, c2 = batch_coefficients(n, B, sampling)
     I = np.eye(d)
     A = np.kron(I, Hbar) + np.kron(Hbar, I)
     C = c2 * np.kron(Hbar, Hbar)
@@ -91,27 +121,40 @@ def _operator_parts(H: np.ndarray, B: int) -> tuple[np.ndarray, np.ndarray]:
     return P.T @ A @ P, P.T @ C @ P
 
 
-def second_moment_operator(per_sample_hessians, B: int, eta: float) -> np.ndarray:
+def second_moment_operator(per_sample_hessians, B: int, eta: float, *,
+                           sampling: str = "without") -> np.ndarray:
     """The matrix of ``T`` on symmetric matrices over the range of H (orthonormal basis), float64."""
     H = _check_hessians(per_sample_hessians)
     eta = check_float("eta", eta, min=0.0)
-    A, C = _operator_parts(H, B)
+    A, C = _operator_parts(H, B, sampling)
     return np.eye(A.shape[0]) - eta * A + eta ** 2 * C
 
 
-def spectral_radius(per_sample_hessians, B: int, eta: float) -> float:
+def spectral_radius(per_sample_hessians, B: int, eta: float, *, sampling: str = "without") -> float:
     """Spectral radius of the mean-square operator ``T`` (stable iff <= 1)."""
-    T = second_moment_operator(per_sample_hessians, B, eta)
+    H = _check_hessians(per_sample_hessians)
+    diagonal = _diagonal_moments(H)
+    if diagonal is not None:
+        eta = check_float("eta", eta, min=0.0)
+        c1, c2 = batch_coefficients(H.shape[0], B, sampling)
+        h, q = diagonal
+        return float(np.abs(1 - 2 * eta * h + eta ** 2 * (c1 * q + c2 * h ** 2)).max())
+    T = second_moment_operator(H, B, eta, sampling=sampling)
     return float(np.abs(np.linalg.eigvalsh((T + T.T) / 2)).max())
 
 
-def critical_step(per_sample_hessians, B: int) -> float:
+def critical_step(per_sample_hessians, B: int, *, sampling: str = "without") -> float:
     """The largest mean-square-stable step ``eta* = 1 / lambda_max(C, A)`` (on the range of H;
-    the Hessians must be positive semidefinite)."""
+    the Hessians must be positive semidefinite). Diagonal Hessians take a closed form."""
     H = _check_hessians(per_sample_hessians)
     if np.linalg.eigvalsh(H).min() < -1e-10 * max(np.abs(H).max(), 1e-300):
         raise ValueError("parameter 'per_sample_hessians': expected positive semidefinite matrices")
-    A, C = _operator_parts(H, B)
+    diagonal = _diagonal_moments(H)
+    if diagonal is not None:  # m_a(eta) = 1 at eta = 2 h_a / (c1 q_a + c2 h_a^2)
+        c1, c2 = batch_coefficients(H.shape[0], B, sampling)
+        h, q = diagonal
+        return float((2 * h / (c1 * q + c2 * h ** 2)).min())
+    A, C = _operator_parts(H, B, sampling)
     mu = scipy.linalg.eigh(C, A, eigvals_only=True)[-1]
     return float(1.0 / mu)
 
@@ -153,19 +196,22 @@ def regression_hessians(n: int, d: int, generator: torch.Generator, *, dtype=tor
 
 
 def simulate_sgd(per_sample_hessians, B: int, etas, *, steps: int, runs: int,
-                 generator: torch.Generator, burn_in: int = 0) -> torch.Tensor:
+                 generator: torch.Generator, burn_in: int = 0,
+                 sampling: str = "without") -> torch.Tensor:
     """Simulate linearized SGD for every step size at once; returns the mean growth
     ``log(mean_runs ||delta_T||^2 / ||delta_b||^2) / (T - b)`` per eta (> 0 means divergence),
     measured after the first ``b = burn_in`` steps (which remove the transient of the random start).
 
-    All (eta, run) pairs advance as one batched computation; each run draws its own batches
-    without replacement. Works on the device of ``per_sample_hessians`` if it is a tensor.
+    All (eta, run) pairs advance as one batched computation; each run draws its own batches,
+    without replacement or as Bernoulli batches (``sampling``, as in :func:`batch_coefficients`).
+    Works on the device of ``per_sample_hessians`` if it is a tensor.
     """
     H = per_sample_hessians if isinstance(per_sample_hessians, torch.Tensor) else torch.as_tensor(per_sample_hessians)
     n, d, _ = H.shape
     B = check_int("B", B, min=1, max=n)
     steps, runs = check_int("steps", steps, min=1), check_int("runs", runs, min=1)
     burn_in = check_int("burn_in", burn_in, min=0, max=steps - 1)
+    batch_coefficients(n, B, sampling)  # validates sampling
     etas = torch.as_tensor(etas, dtype=H.dtype, device=H.device).reshape(-1)
     E = etas.numel()
     gdev = generator.device
@@ -176,12 +222,17 @@ def simulate_sgd(per_sample_hessians, B: int, etas, *, steps: int, runs: int,
     for t in range(steps):
         if t == burn_in:
             log_scale.zero_()
-        idx = torch.rand(E * runs, n, generator=generator, device=gdev).argsort(dim=1)[:, :B].to(H.device)
-        if B * d <= 2 * n:  # few samples: gather their Hessians, (E*runs, B, d, d)
-            step = torch.einsum("rkab,rb->ra", H[idx], delta) / B
-        else:               # many: every H_i delta once, (E*runs, n, d), then gather the batch's rows
-            Hd = torch.einsum("nab,rb->rna", H, delta)
-            step = Hd.gather(1, idx[:, :, None].expand(-1, -1, d)).mean(dim=1)
+        if sampling == "bernoulli":  # each sample in with probability B/n; the sum divided by B
+            keep = torch.rand(E * runs, n, generator=generator, device=gdev) < B / n
+            step = torch.einsum("nab,rb,rn->ra", H, delta, keep.to(H.device, H.dtype)) / B
+        else:
+            idx = torch.rand(E * runs, n, generator=generator, device=gdev).argsort(dim=1)[:, :B]
+            idx = idx.to(H.device)
+            if B * d <= 2 * n:  # few samples: gather their Hessians, (E*runs, B, d, d)
+                step = torch.einsum("rkab,rb->ra", H[idx], delta) / B
+            else:               # many: every H_i delta once, (E*runs, n, d), then the batch's rows
+                Hd = torch.einsum("nab,rb->rna", H, delta)
+                step = Hd.gather(1, idx[:, :, None].expand(-1, -1, d)).mean(dim=1)
         delta = delta - eta * step
         norm = delta.norm(dim=1).clamp_min(1e-300)                  # renormalize to avoid overflow
         log_scale += 2 * norm.log()
