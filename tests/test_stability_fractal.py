@@ -153,7 +153,7 @@ def test_koch_snowflake_dimension_carries_the_estimators_known_upward_bias():
     """Sohl-Dickstein's estimator (median of porespy's local slopes, boxes up to the image side)
     pools the slopes of boxes nearly as large as the image (about 2.0 and 2.7 here), so on a
     1024-px Koch snowflake it reads above log 4 / log 3 = 1.26 (about 1.35). The chapter judges
-    C9 against his range with his estimator and states this bias; this test pins it: the
+    C10 against his range with his estimator and states this bias; this test pins it: the
     estimate stays above the true dimension and well below a filled region's 2."""
     from PIL import Image, ImageDraw  # a scanline fill: 0.1 s where a point-in-polygon test took 2 min
 

@@ -1,9 +1,9 @@
 """Hessian coherence (Dexter, Ocejo, Keerthi, Gupta, Acharya & Khanna 2024).
 
 ``S_ij = sqrt(Tr(H_i H_j))`` for PSD per-sample Hessians, and the coherence measure
-``sigma = lambda_1(S) / max_i lambda_1(H_i)`` (Dexter et al. 2024, Def. 1). It runs from about
-1 (per-sample Hessians in orthogonal directions: SGD noise is large) to n (all aligned:
-SGD behaves like GD), and with B, eta and the sharpness it decides whether SGD diverges
+``sigma = lambda_1(S) / max_i lambda_1(H_i)`` (Dexter et al. 2024, Def. 1). For rank-one
+Hessians it runs from 1 (orthogonal directions: SGD noise is large) to n (all aligned); Hessians
+of higher rank can have sigma > n. With B, eta and the sharpness it decides whether SGD diverges
 (their Thm 1 and Sec. 5 synthetic experiments).
 
 Their Thm 1, for batches in which each sample is kept with probability B/n: linearized SGD
