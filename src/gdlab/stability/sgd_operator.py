@@ -28,7 +28,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from gdlab.runtime import check_float, check_int
+from gdlab.runtime import check_choice, check_float, check_int
 
 __all__ = [
     "SAMPLINGS", "batch_coefficients", "second_moment_operator", "spectral_radius", "critical_step",
@@ -55,9 +55,7 @@ def batch_coefficients(n: int, B: int, sampling: str = "without") -> tuple[float
     ``H_S`` summed and divided by B; Dexter et al. 2024)."""
     n = check_int("n", n, min=1)
     B = check_int("B", B, min=1, max=n)
-    if sampling not in SAMPLINGS:
-        raise ValueError(f"parameter 'sampling': got {sampling!r}; expected one of {SAMPLINGS}")
-    if sampling == "bernoulli":
+    if check_choice("sampling", sampling, SAMPLINGS) == "bernoulli":
         return (n - B) / (n * B), 1.0
     if n == 1:
         return 0.0, 1.0
@@ -211,7 +209,7 @@ def simulate_sgd(per_sample_hessians, B: int, etas, *, steps: int, runs: int,
     B = check_int("B", B, min=1, max=n)
     steps, runs = check_int("steps", steps, min=1), check_int("runs", runs, min=1)
     burn_in = check_int("burn_in", burn_in, min=0, max=steps - 1)
-    batch_coefficients(n, B, sampling)  # validates sampling
+    check_choice("sampling", sampling, SAMPLINGS)
     etas = torch.as_tensor(etas, dtype=H.dtype, device=H.device).reshape(-1)
     E = etas.numel()
     gdev = generator.device
