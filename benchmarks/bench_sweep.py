@@ -12,6 +12,11 @@ and once model by model with ``gdlab.sweep.reference.train_reference`` (``torch.
 Both in the same run; prints the times (wall and process CPU), the speedups and the largest
 differences between the two, and exits non-zero if they disagree beyond floating-point tolerance.
 
+For the MLP it also prints a floor: the time of the matrix products alone that the engine's groups
+must run (forward and backward of every minibatch step, and the forward passes of the
+evaluations), timed as bare ``torch.bmm`` calls on the same shapes, and the loop's time over that
+floor, a ceiling on the speedup that no saving of overhead can pass.
+
     python benchmarks/bench_sweep.py --threads 2          # CPU, 2 threads (the issue's setting)
     python benchmarks/bench_sweep.py --device cuda        # GPU
     python benchmarks/bench_sweep.py --only mlp --widths 12,16,21,27,36,47,61,80,135 --seeds 3 --lr 0.02
@@ -29,8 +34,10 @@ import torch.nn.functional as F
 
 from gdlab import sweep
 from gdlab.data import mnist1d
-from gdlab.runtime import pick_device
+from gdlab.runtime import pick_device, pick_dtype
 from gdlab.sweep import MLPPoint, run_sweep, train_one
+from gdlab.sweep.engine import plan_groups
+from gdlab.sweep.mlp import MLPFamily
 from gdlab.sweep.models import CNN1d
 from gdlab.sweep.reference import train_reference
 
@@ -62,6 +69,44 @@ def report(name, n, batched, loop, tol):
     print("  max |difference| engine vs loop: " + ", ".join(f"{k} {v:.2e}" for k, v in diff.items()))
     print(f"  same results within tolerance (loss {tol:g}, error 0.01): {'YES' if ok else 'NO'}")
     return ok
+
+
+def matmul_floor(points, n_train, n_test, in_dim, out_dim, device, dtype, group_overhead=None, reps=3):
+    """Seconds of bare ``torch.bmm`` calls for the matrix products of the engine's groups (padded to
+    each group's widest model, as the engine pads): per minibatch step the forward and backward
+    products of every layer but the input's gradient, and the forward products of the evaluations
+    (train and test sets, at every recorded epoch, in chunks of 1024). Best of ``reps``."""
+    overhead = group_overhead if group_overhead is not None else (2e4 if device.type == "cpu" else 1e9)
+    groups = plan_groups(MLPFamily(in_dim, out_dim), points, None, overhead)
+    total = 0.0
+    for idx in groups:
+        p = points[idx[0]]
+        M, H, B = len(idx), max(points[i].width for i in idx), p.batch_size
+        sizes = [in_dim] + [H] * p.depth + [out_dim]
+        Ws = [torch.randn(M, a, b, device=device, dtype=dtype) for a, b in zip(sizes[:-1], sizes[1:])]
+        x = torch.randn(M, B, in_dim, device=device, dtype=dtype)
+        xe = torch.randn(M, 1024, in_dim, device=device, dtype=dtype)
+        g_out = torch.randn(M, B, out_dim, device=device, dtype=dtype)
+        steps = p.epochs * -(-n_train // B)
+        evals = len(p.eval_epochs()) * (-(-n_train // 1024) + -(-n_test // 1024))
+
+        def run():
+            for _ in range(steps):
+                acts = [x]
+                for W in Ws:
+                    acts.append(torch.bmm(acts[-1], W))
+                g = g_out
+                for i in range(len(Ws) - 1, -1, -1):
+                    torch.bmm(acts[i].mT, g)                # the weight's gradient
+                    if i:
+                        g = torch.bmm(g, Ws[i].mT)          # the gradient of the layer's input
+            for _ in range(evals):
+                a = xe
+                for W in Ws:
+                    a = torch.bmm(a, W)
+
+        total += min(timed(run, device)[1] for _ in range(reps))
+    return total
 
 
 def main(argv=None):
@@ -107,6 +152,11 @@ def main(argv=None):
                         device)
         loop = timed(lambda: [train_one(p, data, device=device, dtype=args.dtype) for p in points], device)
         ok &= report("MLP (run_sweep vs nn.Sequential + torch.optim.SGD)", len(points), batched, loop, tol)
+        n_test = 0 if data.x_test is None else len(data.x_test)
+        floor = matmul_floor(points, len(data.x), n_test, data.x.shape[1], int(data.y.max()) + 1, device,
+                             pick_dtype(args.dtype))
+        print(f"  matrix products alone (the engine's groups, bare torch.bmm): {floor:.2f} s; "
+              f"loop / that floor: {loop[1] / floor:.1f}x (a ceiling on the speedup)")
 
     if args.only in (None, "cnn"):
         widths = sorted({int(w) for w in args.cnn_widths.split(",")})
