@@ -32,6 +32,27 @@ def test_selection_returns_gd_then_sgd_and_gains():
     assert out["gd_critical"] < out["gd_sharpness_limit"]       # SGD's threshold lies below GD's
 
 
+def test_almost_sure_rates_separate_a_minimum_sgd_leaves_from_one_it_keeps():
+    """At 1.5 times SGD's mean-square critical step at GD's minimum, SGD cannot stay there (positive
+    rate) and stays where it converged (negative rate): the runs SGD itself ends at."""
+    task = net.sparse_regression(25, 50, 3, torch.Generator().manual_seed(1), signs="positive")
+    gd = net.train(task.x, task.y, alpha=0.3, eta=0.005, steps=3000)
+    eta = 1.5 * diagonal.critical_steps(gd, task.x, task.y, max_loss=math.inf)[0]
+    out = diagonal.selection(task, alpha=0.3, eta=eta, steps=4000, sgd_runs=2,
+                             generator=torch.Generator().manual_seed(2))
+    assert isinstance(out["run"], net.DiagonalRun)
+    rates = diagonal.almost_sure_rates(out["run"], task.x, eta, steps=1000, runs=50,
+                                       generator=torch.Generator().manual_seed(3))
+    (gd_rate, gd_se), sgd = rates[0], rates[1:]
+    assert gd_rate - 3 * gd_se > 0
+    assert all(r + 3 * se < 0 for r, se in sgd)
+    diverged = net.DiagonalRun(*[t[:1] for t in (out["run"].alpha, out["run"].eta, out["run"].batch_size)],
+                               out["run"].u[:1] * math.nan, out["run"].v[:1], out["run"].beta[:1],
+                               out["run"].steps, out["run"].loss[:1], out["run"].path[:1])
+    assert all(math.isnan(v) for v in diagonal.almost_sure_rates(diverged, task.x, eta, steps=10, runs=2,
+                                                                 generator=torch.Generator().manual_seed(3))[0])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_generator_runs_on_cuda():
     task = _task(0, "cuda")
@@ -39,3 +60,6 @@ def test_cuda_generator_runs_on_cuda():
     out = diagonal.selection(task, alpha=0.1, eta=0.03, steps=500, sgd_runs=2,
                              generator=torch.Generator(device="cuda").manual_seed(2))
     assert len(out["trace"]) == 3
+    rates = diagonal.almost_sure_rates(out["run"], task.x, 0.03, steps=50, runs=4,
+                                       generator=torch.Generator(device="cuda").manual_seed(3))
+    assert len(rates) == 3 and all(math.isfinite(r) for r, _ in rates)

@@ -133,6 +133,9 @@ def test_validation():
         so.batch_coefficients(4, 5)
     with pytest.raises(ValueError, match="per_sample_hessians"):
         so.critical_step(-hessians(0), 1)
+    with pytest.raises(ValueError, match="finite"):
+        so.lyapunov_exponent(torch.full((2, 3, 3), math.nan), 1, 0.1, steps=10, runs=2,
+                             generator=torch.Generator())
 
 
 def test_simulate_sgd_burn_in_full_batch_threshold():
@@ -181,6 +184,46 @@ def test_trace_bound_holds_at_batch_size_one():
         assert so.critical_step(H, 1) <= so.stability_bounds(H, 1)["trace"] * (1 + 1e-12)
 
 
+def test_lyapunov_exponent_of_a_scalar_product_is_the_mean_log():
+    """h in {0.9, 2.8} at eta = 1: the factors 0.1 and -1.8 give E log f^2 < 0 < log E f^2, so the
+    iterates converge almost surely while the mean square grows (Ziyin et al. 2023)."""
+    H = torch.tensor([[[0.9]], [[2.8]]], dtype=torch.float64)
+    exact = 0.5 * (math.log(0.1 ** 2) + math.log(1.8 ** 2))
+    rate, se = so.lyapunov_exponent(H, 1, 1.0, steps=2000, runs=400, generator=torch.Generator().manual_seed(0))
+    assert exact < 0 < math.log(0.5 * (0.1 ** 2 + 1.8 ** 2)) and so.spectral_radius(H.numpy(), 1, 1.0) > 1
+    assert abs(rate - exact) < 4 * se and se < 0.02
+
+
+def test_lyapunov_exponent_is_deterministic_for_full_batches_and_ignores_the_null_space():
+    """B = n: the map is I - eta H, so the rate is log (1 - eta lambda)^2 of the slowest direction in
+    the range of H; a flat direction (the null space) would hold the norm at 1 and give 0."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((4, 6)) @ np.diag([1, 1, 1, 0, 0, 0.0])          # rank 3 in 6 dimensions
+    H = torch.as_tensor(X[:, :, None] * X[:, None, :])
+    lam = np.linalg.eigvalsh(H.mean(0).numpy())
+    lam = lam[lam > 1e-9]
+    eta = 0.5 / lam.max()
+    want = max(math.log((1 - eta * v) ** 2) for v in lam)
+    rate, se = so.lyapunov_exponent(H, 4, eta, steps=400, runs=8, burn_in=200,
+                                    generator=torch.Generator().manual_seed(1))
+    assert rate == pytest.approx(want, rel=1e-6) and se < 1e-6 and rate < 0
+
+
+def test_lyapunov_exponent_is_below_the_mean_square_rate():
+    """Jensen: the almost-sure rate never exceeds the mean-square one, here on random rank-one
+    Hessians at a step where both are negative and at one where both are positive."""
+    g = torch.Generator().manual_seed(4)
+    X = torch.randn(8, 5, generator=g, dtype=torch.float64)
+    H = X[:, :, None] * X[:, None, :]
+    crit = so.critical_step(H.numpy(), 1)
+    for eta, sign in ((0.5 * crit, -1), (2.0 * crit, 1)):
+        rate, se = so.lyapunov_exponent(H, 1, eta, steps=3000, runs=200, burn_in=500, generator=g)
+        ms = math.log(so.spectral_radius(H.numpy(), 1, eta))
+        assert rate < ms + 3 * se
+        if sign < 0:
+            assert rate < 0
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_generator_draws_on_cuda():
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -188,4 +231,7 @@ def test_cuda_generator_draws_on_cuda():
     assert H.device.type == "cuda"
     growth = so.simulate_sgd(H, 2, [0.01, 10.0], steps=30, runs=4, generator=g)
     assert growth.device.type == "cuda" and growth[0] < 0 < growth[1]
+    rate, _ = so.lyapunov_exponent(H, 2, 0.5 * so.critical_step(H.cpu().numpy(), 2), steps=200, runs=8,
+                                   generator=g)
+    assert rate < 0
     assert math.isfinite(so.critical_step(H, 2))

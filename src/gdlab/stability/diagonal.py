@@ -11,7 +11,9 @@ the bias of its gradient noise (Pesme, Pillaud-Vivien & Flammarion 2021).
 
 :func:`selection` trains GD and several SGD runs at one step size and measures the critical
 step ``eta*`` (the exact mean-square threshold, :func:`gdlab.stability.sgd_operator.critical_step`)
-at every endpoint.
+at every endpoint; :func:`almost_sure_rates` measures there whether SGD can stay, which mean-square
+stability decides only in one direction (Chemnitz & Engel 2024): SGD may settle at a minimum just
+past its mean-square threshold.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from gdlab.implicit import diagonal as net
 from gdlab.runtime import check_float, check_int
 from gdlab.stability import sgd_operator
 
-__all__ = ["critical_steps", "selection"]
+__all__ = ["critical_steps", "almost_sure_rates", "selection"]
 
 
 def critical_steps(run: net.DiagonalRun, x: torch.Tensor, y: torch.Tensor, *, B: int = 1,
@@ -39,13 +41,32 @@ def critical_steps(run: net.DiagonalRun, x: torch.Tensor, y: torch.Tensor, *, B:
     return out
 
 
+def almost_sure_rates(run: net.DiagonalRun, x: torch.Tensor, eta: float, *, steps: int, runs: int,
+                      generator: torch.Generator, B: int = 1) -> list[tuple[float, float]]:
+    """At each run's endpoint, the almost-sure growth rate of SGD linearized there, at step ``eta``
+    and batch size ``B``, with its standard error
+    (:func:`gdlab.stability.sgd_operator.lyapunov_exponent`, a quarter of the steps as burn-in):
+    negative where SGD can stay, even if it is unstable in mean square. (NaN, NaN) for a run that
+    diverged."""
+    out = []
+    for r in range(run.u.shape[0]):
+        if not (bool(torch.isfinite(run.u[r]).all()) and bool(torch.isfinite(run.v[r]).all())):
+            out.append((math.nan, math.nan))
+            continue
+        H = net.per_sample_hessians(run.u[r], run.v[r], x)
+        out.append(sgd_operator.lyapunov_exponent(H, B, eta, steps=steps, runs=runs, generator=generator,
+                                                  burn_in=steps // 4))
+    return out
+
+
 def selection(task: net.SparseRegression, *, alpha: float, eta: float, steps: int, sgd_runs: int,
               generator: torch.Generator) -> dict:
     """GD and ``sgd_runs`` SGD runs (B = 1) from ``u = v = alpha`` at step ``eta``.
 
     Returns ``eta``, ``gd_critical`` (eta* at GD's minimum), ``gd_sharpness_limit``
     (2 / lambda_max there), ``sgd_critical`` (list), ``gain`` (SGD's eta* over GD's, per run) and,
-    for GD then each SGD run, ``trace``, ``l1`` and ``test_error`` as lists."""
+    for GD then each SGD run, ``trace``, ``l1`` and ``test_error`` as lists, and ``run`` (the
+    :class:`~gdlab.implicit.diagonal.DiagonalRun`, GD first)."""
     eta = check_float("eta", eta, min=0.0, open_min=True)
     sgd_runs = check_int("sgd_runs", sgd_runs, min=1)
     n = task.x.shape[0]
@@ -58,4 +79,5 @@ def selection(task: net.SparseRegression, *, alpha: float, eta: float, steps: in
     return {"eta": eta, "gd_critical": crit[0],
             "gd_sharpness_limit": sgd_operator.stability_bounds(H_gd, n)["sharpness"],
             "sgd_critical": crit[1:], "gain": [c / crit[0] for c in crit[1:]],
-            "trace": as_list(s["trace"]), "l1": as_list(s["l1"]), "test_error": as_list(s["test_error"])}
+            "trace": as_list(s["trace"]), "l1": as_list(s["l1"]), "test_error": as_list(s["test_error"]),
+            "run": run}

@@ -16,6 +16,12 @@ is an eigenvalue with a PSD eigenvector, so rho(T) = 1 exactly when ``A X = eta 
 matrices: the critical step is ``eta* = 1 / lambda_max(C, A)`` (a generalized eigenvalue).
 At B = n, ``eta* = 2 / lambda_max(H)``, the GD condition.
 
+Mean-square stability is sufficient for SGD to stay at a minimum, not necessary. Whether the
+iterates can accumulate there is decided by the sign of the top Lyapunov exponent of the random
+linear map, the almost-sure growth rate of ``||delta||`` (Chemnitz & Engel 2024; Ziyin et al.
+2023). By Jensen's inequality it is at most the mean-square rate, so a minimum can be unstable in
+mean square and still attract SGD: :func:`lyapunov_exponent` estimates it by simulation.
+
 ``sampling="bernoulli"`` is the batch model of Dexter et al. 2024: every sample joins the batch
 on its own with probability B/n and ``H_S = (1/B) sum_{i in S} H_i``, so the batch size is random
 with mean B. Then ``c1 = (n - B) / (n B)`` and ``c2 = 1``.
@@ -32,7 +38,7 @@ from gdlab.runtime import check_choice, check_float, check_int
 
 __all__ = [
     "SAMPLINGS", "batch_coefficients", "second_moment_operator", "spectral_radius", "critical_step",
-    "stability_bounds", "frobenius_ratio", "regression_hessians", "simulate_sgd"
+    "stability_bounds", "frobenius_ratio", "regression_hessians", "simulate_sgd", "lyapunov_exponent"
 ]
 
 
@@ -237,3 +243,54 @@ def simulate_sgd(per_sample_hessians, B: int, etas, *, steps: int, runs: int,
         delta = delta / norm[:, None]
     log_sq = log_scale.view(E, runs)
     return (torch.logsumexp(log_sq, dim=1) - math.log(runs)) / (steps - burn_in)
+
+
+def lyapunov_exponent(per_sample_hessians, B: int, eta: float, *, steps: int, runs: int,
+                      generator: torch.Generator, burn_in: int = 0) -> tuple[float, float]:
+    """The almost-sure growth rate of linearized SGD, ``E[log ||delta_T||^2 - log ||delta_b||^2] /
+    (T - b)`` (twice the top Lyapunov exponent; the units of :func:`simulate_sgd`), and its standard
+    error over ``runs`` independent runs (batches of B drawn without replacement; ``b = burn_in``).
+
+    Negative: SGD's iterates near the minimum converge to it with probability one, even where the
+    mean-square rate is positive. The simulation runs in the range of the mean Hessian (its null
+    space is flat for every sample and would hold ``||delta||`` up) and applies each ``H_i``
+    through a factor ``F_i F_i^T`` of its own rank (one for a square loss with one output), so
+    its cost grows with that rank, not with the dimension. Draws on the generator's device and
+    computes on the device of ``per_sample_hessians`` if it is a tensor."""
+    H = per_sample_hessians if isinstance(per_sample_hessians, torch.Tensor) else torch.as_tensor(per_sample_hessians)
+    n = H.shape[0]
+    B = check_int("B", B, min=1, max=n)
+    eta = check_float("eta", eta, min=0.0, open_min=True)
+    steps, runs = check_int("steps", steps, min=2), check_int("runs", runs, min=2)
+    burn_in = check_int("burn_in", burn_in, min=0, max=steps - 1)
+    if H.dim() != 3 or H.shape[1] != H.shape[2] or not bool(torch.isfinite(H).all()):
+        raise ValueError(f"parameter 'per_sample_hessians': expected finite (n, d, d) matrices; got shape "
+                         f"{tuple(H.shape)}")
+    H = 0.5 * (H + H.transpose(1, 2))
+    lam, V = torch.linalg.eigh(H.mean(0))
+    if not bool((lam > 0).any()):
+        raise ValueError("parameter 'per_sample_hessians': every Hessian is zero; nothing to grow or shrink")
+    Q = V[:, lam > 1e-10 * max(float(lam.max()), 1e-300)]                # the range of the mean
+    H = Q.T @ H @ Q
+    lam, V = torch.linalg.eigh(H)                                           # factors F_i = V sqrt(lam)
+    keep = lam > 1e-12 * max(float(lam.abs().max()), 1e-300)
+    k = max(1, int(keep.sum(1).max()))
+    order = torch.argsort(keep.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
+    F = torch.gather(V * lam.clamp_min(0).sqrt()[:, None, :], 2, order[:, None, :].expand(-1, V.shape[1], -1))
+    F = F * torch.gather(keep, 1, order)[:, None, :].to(F.dtype)           # (n, r, k)
+    gdev = generator.device
+    delta = torch.randn(runs, Q.shape[1], generator=generator, device=gdev, dtype=H.dtype).to(H.device)
+    delta = delta / delta.norm(dim=1, keepdim=True)
+    log_sq = torch.zeros(runs, dtype=H.dtype, device=H.device)
+    for t in range(steps):
+        if t == burn_in:
+            log_sq.zero_()
+        idx = torch.rand(runs, n, generator=generator, device=gdev).argsort(dim=1)[:, :B].to(H.device)
+        Fb = F[idx]                                                         # (runs, B, r, k)
+        step = torch.einsum("rbik,rbk->ri", Fb, torch.einsum("rbik,ri->rbk", Fb, delta)) / B
+        delta = delta - eta * step
+        norm = delta.norm(dim=1).clamp_min(1e-300)
+        log_sq += 2 * norm.log()
+        delta = delta / norm[:, None]
+    rates = log_sq / (steps - burn_in)
+    return float(rates.mean()), float(rates.std() / math.sqrt(runs))
