@@ -41,7 +41,7 @@ def test_almost_sure_rates_separate_a_minimum_sgd_leaves_from_one_it_keeps():
     out = diagonal.selection(task, alpha=0.3, eta=eta, steps=4000, sgd_runs=2,
                              generator=torch.Generator().manual_seed(2))
     assert isinstance(out["run"], net.DiagonalRun)
-    rates = diagonal.almost_sure_rates(out["run"], task.x, eta, steps=1000, runs=50,
+    rates = diagonal.almost_sure_rates(out["run"], task.x, task.y, eta, steps=1000, runs=50,
                                        generator=torch.Generator().manual_seed(3))
     (gd_rate, gd_se), sgd = rates[0], rates[1:]
     assert gd_rate - 3 * gd_se > 0
@@ -49,7 +49,10 @@ def test_almost_sure_rates_separate_a_minimum_sgd_leaves_from_one_it_keeps():
     diverged = net.DiagonalRun(*[t[:1] for t in (out["run"].alpha, out["run"].eta, out["run"].batch_size)],
                                out["run"].u[:1] * math.nan, out["run"].v[:1], out["run"].beta[:1],
                                out["run"].steps, out["run"].loss[:1], out["run"].path[:1])
-    assert all(math.isnan(v) for v in diagonal.almost_sure_rates(diverged, task.x, eta, steps=10, runs=2,
+    assert all(math.isnan(v) for v in diagonal.almost_sure_rates(diverged, task.x, task.y, eta, steps=10, runs=2,
+                                                                 generator=torch.Generator().manual_seed(3))[0])
+    early = net.train(task.x, task.y, alpha=0.3, eta=0.005, steps=2)             # finite, not a minimum
+    assert all(math.isnan(v) for v in diagonal.almost_sure_rates(early, task.x, task.y, eta, steps=10, runs=2,
                                                                  generator=torch.Generator().manual_seed(3))[0])
 
 
@@ -60,6 +63,6 @@ def test_cuda_generator_runs_on_cuda():
     out = diagonal.selection(task, alpha=0.1, eta=0.03, steps=500, sgd_runs=2,
                              generator=torch.Generator(device="cuda").manual_seed(2))
     assert len(out["trace"]) == 3
-    rates = diagonal.almost_sure_rates(out["run"], task.x, 0.03, steps=50, runs=4,
+    rates = diagonal.almost_sure_rates(out["run"], task.x, task.y, 0.03, steps=50, runs=4, max_loss=math.inf,
                                        generator=torch.Generator(device="cuda").manual_seed(3))
     assert len(rates) == 3 and all(math.isfinite(r) for r, _ in rates)

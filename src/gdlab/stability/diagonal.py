@@ -41,16 +41,19 @@ def critical_steps(run: net.DiagonalRun, x: torch.Tensor, y: torch.Tensor, *, B:
     return out
 
 
-def almost_sure_rates(run: net.DiagonalRun, x: torch.Tensor, eta: float, *, steps: int, runs: int,
-                      generator: torch.Generator, B: int = 1) -> list[tuple[float, float]]:
+def almost_sure_rates(run: net.DiagonalRun, x: torch.Tensor, y: torch.Tensor, eta: float, *, steps: int,
+                      runs: int, generator: torch.Generator, B: int = 1,
+                      max_loss: float = 1e-4) -> list[tuple[float, float]]:
     """At each run's endpoint, the almost-sure growth rate of SGD linearized there, at step ``eta``
     and batch size ``B``, with its standard error
     (:func:`gdlab.stability.sgd_operator.lyapunov_exponent`, a quarter of the steps as burn-in):
-    negative where SGD can stay, even if it is unstable in mean square. (NaN, NaN) for a run that
-    diverged."""
+    negative where SGD can stay, even if it is unstable in mean square. (NaN, NaN) where the run
+    did not reach a training loss below ``max_loss`` (it diverged, or its endpoint is not a
+    minimum), as in :func:`critical_steps`."""
+    losses = net.train_loss(run.u, run.v, x, y)
     out = []
     for r in range(run.u.shape[0]):
-        if not (bool(torch.isfinite(run.u[r]).all()) and bool(torch.isfinite(run.v[r]).all())):
+        if not (bool(torch.isfinite(run.u[r]).all()) and float(losses[r]) < max_loss):
             out.append((math.nan, math.nan))
             continue
         H = net.per_sample_hessians(run.u[r], run.v[r], x)
