@@ -3,11 +3,14 @@
 
 Wu & Su 2023 (Sec. 3 and 4): a minimum that is linearly stable for SGD at step ``eta`` and batch
 size 1 has ``Tr H <= 2 / eta``; on a diagonal network ``Tr H`` is about ``4 ||beta||_1``, so SGD's
-stable minima are sparse. The prediction has teeth only inside the *window*
-``eta*_SGD(GD's minimum) < eta < 2 / lambda_max(GD's minimum)``: there GD stays at its minimum
-while SGD, which cannot, must end at a minimum whose own critical step is at least ``eta``.
-Below the window both are stable there, and SGD's remaining preference for sparse solutions is
-the bias of its gradient noise (Pesme, Pillaud-Vivien & Flammarion 2021).
+stable minima are sparse. The prediction has teeth only inside the *window* of steps where GD's
+minimum no longer holds SGD but still holds GD (below ``2 / lambda_max`` there): SGD must then
+end at another minimum, one that holds it. Whether a minimum holds SGD is decided by the sign of
+the almost-sure growth rate of SGD linearized there (Chemnitz & Engel 2024); the mean-square
+critical step ``eta*_SGD`` (Wu & Su's notion) is a little below that edge, so the window starts a
+little above ``eta*_SGD(GD's minimum)``. Below the window both are stable there, and SGD's
+remaining preference for sparse solutions is the bias of its gradient noise (Pesme,
+Pillaud-Vivien & Flammarion 2021).
 
 :func:`selection` trains GD and several SGD runs at one step size and measures the critical
 step ``eta*`` (the exact mean-square threshold, :func:`gdlab.stability.sgd_operator.critical_step`)

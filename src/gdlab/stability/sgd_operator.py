@@ -256,7 +256,11 @@ def lyapunov_exponent(per_sample_hessians, B: int, eta: float, *, steps: int, ru
     space is flat for every sample and would hold ``||delta||`` up) and applies each ``H_i``
     through a factor ``F_i F_i^T`` of its own rank (one for a square loss with one output), so
     its cost grows with that rank, not with the dimension. Draws on the generator's device and
-    computes on the device of ``per_sample_hessians`` if it is a tensor."""
+    computes on the device of ``per_sample_hessians`` if it is a tensor.
+
+    The standard error covers the spread over runs, not the bias of a finite run: the estimate
+    approaches its limit roughly like ``1 / (steps - burn_in)`` (from a more negative value near a
+    stable minimum), so a sign judged at a few standard errors needs a rate well away from 0."""
     H = per_sample_hessians if isinstance(per_sample_hessians, torch.Tensor) else torch.as_tensor(per_sample_hessians)
     n = H.shape[0]
     B = check_int("B", B, min=1, max=n)
