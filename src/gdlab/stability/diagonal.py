@@ -31,17 +31,20 @@ from gdlab.stability import sgd_operator
 __all__ = ["critical_steps", "almost_sure_rates", "selection"]
 
 
+def _at_minima(run: net.DiagonalRun, x: torch.Tensor, y: torch.Tensor, max_loss: float, measure, missing):
+    """``measure(per-sample Hessians)`` at each run's endpoint; ``missing`` where the run did not
+    reach a training loss below ``max_loss`` (it diverged, or its endpoint is not a minimum)."""
+    losses = net.train_loss(run.u, run.v, x, y)
+    return [measure(net.per_sample_hessians(run.u[r], run.v[r], x))
+            if bool(torch.isfinite(run.u[r]).all()) and float(losses[r]) < max_loss else missing
+            for r in range(run.u.shape[0])]
+
+
 def critical_steps(run: net.DiagonalRun, x: torch.Tensor, y: torch.Tensor, *, B: int = 1,
                    max_loss: float = 1e-4) -> list[float]:
     """SGD's exact critical step at batch size ``B`` at each run's endpoint (NaN where the run did
     not reach a training loss below ``max_loss``, so that the endpoint is not a minimum)."""
-    losses = net.train_loss(run.u, run.v, x, y)
-    out = []
-    for r in range(run.u.shape[0]):
-        ok = bool(torch.isfinite(run.u[r]).all()) and float(losses[r]) < max_loss
-        out.append(sgd_operator.critical_step(net.per_sample_hessians(run.u[r], run.v[r], x), B) if ok
-                   else math.nan)
-    return out
+    return _at_minima(run, x, y, max_loss, lambda H: sgd_operator.critical_step(H, B), math.nan)
 
 
 def almost_sure_rates(run: net.DiagonalRun, x: torch.Tensor, y: torch.Tensor, eta: float, *, steps: int,
@@ -53,16 +56,10 @@ def almost_sure_rates(run: net.DiagonalRun, x: torch.Tensor, y: torch.Tensor, et
     negative where SGD can stay, even if it is unstable in mean square. (NaN, NaN) where the run
     did not reach a training loss below ``max_loss`` (it diverged, or its endpoint is not a
     minimum), as in :func:`critical_steps`."""
-    losses = net.train_loss(run.u, run.v, x, y)
-    out = []
-    for r in range(run.u.shape[0]):
-        if not (bool(torch.isfinite(run.u[r]).all()) and float(losses[r]) < max_loss):
-            out.append((math.nan, math.nan))
-            continue
-        H = net.per_sample_hessians(run.u[r], run.v[r], x)
-        out.append(sgd_operator.lyapunov_exponent(H, B, eta, steps=steps, runs=runs, generator=generator,
-                                                  burn_in=steps // 4))
-    return out
+    return _at_minima(run, x, y, max_loss,
+                      lambda H: sgd_operator.lyapunov_exponent(H, B, eta, steps=steps, runs=runs,
+                                                               generator=generator, burn_in=steps // 4),
+                      (math.nan, math.nan))
 
 
 def selection(task: net.SparseRegression, *, alpha: float, eta: float, steps: int, sgd_runs: int,

@@ -82,15 +82,17 @@ def _symmetric_basis(d: int) -> np.ndarray:
     return np.stack(cols, axis=1)
 
 
-def _restrict_to_range(H: np.ndarray) -> np.ndarray:
-    """Express the Hessians in a basis of the range of their mean. Directions in its null space are
-    flat for every H_i (they are PSD), so the linearized SGD leaves them unchanged."""
-    lam, V = np.linalg.eigh(H.mean(axis=0))
-    keep = lam > 1e-10 * max(lam.max(), 1e-300)
+def _restrict_to_range(H):
+    """Express the Hessians (a numpy array or a tensor) in a basis of the range of their mean.
+    Directions in its null space are flat for every H_i (they are PSD), so the linearized SGD
+    leaves them unchanged."""
+    xp = torch if isinstance(H, torch.Tensor) else np
+    lam, V = xp.linalg.eigh(H.mean(0))
+    keep = lam > 1e-10 * max(float(lam.max()), 1e-300)
     if keep.all():
         return H
     Q = V[:, keep]
-    return np.einsum("ai,nab,bj->nij", Q, H, Q)
+    return xp.einsum("ai,nab,bj->nij", Q, H, Q)
 
 
 def _diagonal_moments(H: np.ndarray):
@@ -271,19 +273,16 @@ def lyapunov_exponent(per_sample_hessians, B: int, eta: float, *, steps: int, ru
         raise ValueError(f"parameter 'per_sample_hessians': expected finite (n, d, d) matrices; got shape "
                          f"{tuple(H.shape)}")
     H = 0.5 * (H + H.transpose(1, 2))
-    lam, V = torch.linalg.eigh(H.mean(0))
-    if not bool((lam > 0).any()):
+    if not bool((torch.linalg.eigvalsh(H.mean(0)) > 0).any()):
         raise ValueError("parameter 'per_sample_hessians': every Hessian is zero; nothing to grow or shrink")
-    Q = V[:, lam > 1e-10 * max(float(lam.max()), 1e-300)]                # the range of the mean
-    H = Q.T @ H @ Q
-    lam, V = torch.linalg.eigh(H)                                           # factors F_i = V sqrt(lam)
+    H = _restrict_to_range(H)
+    # factors F_i F_i^T = H_i: eigenvalues ascend, so each H_i's own rank sits in its last k columns
+    lam, V = torch.linalg.eigh(H)
     keep = lam > 1e-12 * max(float(lam.abs().max()), 1e-300)
     k = max(1, int(keep.sum(1).max()))
-    order = torch.argsort(keep.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
-    F = torch.gather(V * lam.clamp_min(0).sqrt()[:, None, :], 2, order[:, None, :].expand(-1, V.shape[1], -1))
-    F = F * torch.gather(keep, 1, order)[:, None, :].to(F.dtype)           # (n, r, k)
+    F = V[:, :, -k:] * (lam[:, -k:].clamp_min(0).sqrt() * keep[:, -k:])[:, None, :]      # (n, r, k)
     gdev = generator.device
-    delta = torch.randn(runs, Q.shape[1], generator=generator, device=gdev, dtype=H.dtype).to(H.device)
+    delta = torch.randn(runs, H.shape[1], generator=generator, device=gdev, dtype=H.dtype).to(H.device)
     delta = delta / delta.norm(dim=1, keepdim=True)
     log_sq = torch.zeros(runs, dtype=H.dtype, device=H.device)
     for t in range(steps):
